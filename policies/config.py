@@ -1,0 +1,165 @@
+"""One config: typed, frozen dataclasses validated once in ``__post_init__``.
+
+Each field maps 1:1 to a CLI flag (``sglang_ext.config`` generates the SGLang flags from these fields; the
+simulator's CLI uses the same mapping). Field metadata carries the help text; the flag name is
+``--ext-<section>-<field>`` with ``_`` -> ``-`` (``--ext-<field>`` for the top level).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+def opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:  # noqa: A002
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+class ConfigError(ValueError):
+    """One line naming the flag and what is wrong."""
+
+
+def _check(cond: bool, flag: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{flag}: {msg}")
+
+
+@dataclass(frozen=True)
+class SGLangBaselineConfig:
+    """Knobs of the ``sglang``-faithful baseline; defaults are SGLang 0.5.23's (``server_args.py`` and
+    ``global_config``/``new_token_ratio_tracker``)."""
+
+    schedule_policy: str = opt("fcfs", "SGLang schedule policy the baseline mirrors.", ("fcfs", "lpm"))
+    schedule_conservativeness: float = opt(1.0, "SGLang --schedule-conservativeness the baseline mirrors.")
+    chunked_prefill_size: int = opt(2048, "Chunked-prefill size (tokens) for the sglang/sarathi baselines.")
+    retraction_policy: str = opt("length", "Victim order on decode OOM.", ("length", "priority"))
+
+    def __post_init__(self) -> None:
+        _check(self.schedule_conservativeness > 0, "--ext-sglang-schedule-conservativeness", "must be > 0")
+        _check(self.chunked_prefill_size > 0, "--ext-sglang-chunked-prefill-size", "must be > 0")
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    """Output-length prediction (C1) and the ZMQ predictor service."""
+
+    mode: str = opt("off", "Where bounds come from: off (no predictor), service (ZMQ side process).",
+                    ("off", "service"))  # fmt: skip
+    endpoint: str = opt("", "ZMQ endpoint of a running predictor service; empty = start one beside the server.")
+    model_path: str = opt("", "Trained predictor model directory (predictors.train output).")
+    bound: str = opt("conformal", "Bound kind added to the point estimate.",
+                     ("hoeffding", "conformal", "max_new_tokens", "quantile", "linear"))  # fmt: skip
+    alpha: float = opt(0.95, "Confidence at zero load: conf = alpha / (1 + beta * arrival_rate).")
+    beta: float = opt(0.001, "Arrival-rate sensitivity of the confidence.")
+    fallback: str = opt("max_new_tokens", "Bound used when no answer has come in time.",
+                        ("max_new_tokens", "mean"))  # fmt: skip
+    timeout_ms: float = opt(2.0, "How long a prediction may be waited for at scheduling time (never blocks).")
+
+    def __post_init__(self) -> None:
+        _check(0 < self.alpha < 1, "--ext-predictor-alpha", f"must be in (0, 1), got {self.alpha}")
+        _check(self.beta >= 0, "--ext-predictor-beta", f"must be >= 0, got {self.beta}")
+        _check(self.timeout_ms >= 0, "--ext-predictor-timeout-ms", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class CacheOptConfig:
+    """CacheOPT components C1-C5, each switchable for ablation."""
+
+    demand: bool = opt(True, "C1: estimate KV demand from the bounded predicted length (off: max_new_tokens).")
+    reuse: bool = opt(True, "C2: let waiting requests reuse running requests' allocated-but-unused KV.")
+    reuse_buffer: int = opt(8, "C2: safety buffer (tokens) in the reuse condition.")
+    topup: bool = opt(True, "C3: extend allocations proactively before they run out.")
+    topup_horizon: int = opt(2, "C3: top up when fewer than this many iterations of room remain.")
+    topup_tokens: int = opt(32, "C3: tokens added per top-up.")
+    reserve_tokens: int = opt(64, "C3: global reserve (tokens) only overrunning requests may draw.")
+    victim: bool = opt(True, "C4: SLO/remaining-time/preemption-cost victim order (off: SGLang's order).")
+    victim_tolerance: float = opt(0.1, "C4: relative band within which two keys count as similar.")
+    swap_or_recompute: bool = opt(True, "C5: choose the faster of swap and recompute (off: recompute).")
+    pcie_gbps: float = opt(25.0, "C5: effective host<->device bandwidth, GB/s.")
+
+    def __post_init__(self) -> None:
+        _check(self.reuse_buffer >= 0, "--ext-cacheopt-reuse-buffer", "must be >= 0")
+        _check(self.topup_horizon >= 0, "--ext-cacheopt-topup-horizon", "must be >= 0")
+        _check(self.topup_tokens > 0, "--ext-cacheopt-topup-tokens", "must be > 0")
+        _check(self.reserve_tokens >= 0, "--ext-cacheopt-reserve-tokens", "must be >= 0")
+        _check(0 <= self.victim_tolerance < 1, "--ext-cacheopt-victim-tolerance", "must be in [0, 1)")
+        _check(self.pcie_gbps > 0, "--ext-cacheopt-pcie-gbps", "must be > 0")
+
+
+@dataclass(frozen=True)
+class AccelGenConfig:
+    """AccelGen components A1-A3, each switchable."""
+
+    dynamic_chunk: bool = opt(True, "A1: size each iteration to the largest budget meeting the tightest TBT SLO.")
+    min_budget: int = opt(32, "A1: smallest token budget ever used.")
+    max_budget: int = opt(8192, "A1: largest token budget ever used.")
+    pivot_tokens: int = opt(512, "A1: compute-saturation size to reach when SLOs allow.")
+    slo_priority: bool = opt(True, "A2: least-slack-first with similar-SLO grouping.")
+    slo_group_ratio: float = opt(1.5, "A2: SLOs within this ratio of the tightest are batched together.")
+    multi_resource: bool = opt(True, "A3: choose queued requests filling both the token budget and free KV.")
+    refit_interval: int = opt(50, "A1: refit the latency model from measured iterations every N iterations.")
+
+    def __post_init__(self) -> None:
+        _check(self.min_budget > 0, "--ext-accelgen-min-budget", "must be > 0")
+        _check(self.max_budget >= self.min_budget, "--ext-accelgen-max-budget", "must be >= min budget")
+        _check(self.pivot_tokens > 0, "--ext-accelgen-pivot-tokens", "must be > 0")
+        _check(self.slo_group_ratio >= 1, "--ext-accelgen-slo-group-ratio", "must be >= 1")
+        _check(self.refit_interval > 0, "--ext-accelgen-refit-interval", "must be > 0")
+
+
+POLICY_CHOICES = ("none", "sglang", "vllm", "sarathi", "cacheopt", "accelgen", "cacheopt+accelgen")
+
+
+@dataclass(frozen=True)
+class ExtConfig:
+    """The whole extension config. ``policy='none'`` means stock SGLang: no hook changes any decision."""
+
+    policy: str = opt("none", "Scheduling policy; none = stock SGLang.", POLICY_CHOICES)
+    default_ttft_slo_ms: float = opt(0.0, "TTFT SLO for requests that carry none (0 = no objective).")
+    default_tbt_slo_ms: float = opt(0.0, "TBT SLO for requests that carry none (0 = no objective).")
+    log_decisions: bool = opt(False, "Log every policy decision in the scheduler (debug).")
+    sglang: SGLangBaselineConfig = field(default_factory=SGLangBaselineConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    cacheopt: CacheOptConfig = field(default_factory=CacheOptConfig)
+    accelgen: AccelGenConfig = field(default_factory=AccelGenConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.policy in POLICY_CHOICES, "--ext-policy",
+               f"unknown policy {self.policy!r}; valid: {', '.join(POLICY_CHOICES)}")  # fmt: skip
+        _check(self.default_ttft_slo_ms >= 0, "--ext-default-ttft-slo-ms", "must be >= 0")
+        _check(self.default_tbt_slo_ms >= 0, "--ext-default-tbt-slo-ms", "must be >= 0")
+
+    @property
+    def enabled(self) -> bool:
+        return self.policy != "none"
+
+
+SECTIONS = ("sglang", "predictor", "cacheopt", "accelgen")
+
+
+def flat_fields() -> list[tuple[str, str | None, Any]]:
+    """(flag name, section or None, dataclass field) for every config field: the 1:1 flag mapping."""
+    out: list[tuple[str, str | None, Any]] = []
+    for f in fields(ExtConfig):
+        if f.name in SECTIONS:
+            for sf in fields(f.default_factory()):  # type: ignore[misc]
+                out.append((f"ext-{f.name}-{sf.name}".replace("_", "-"), f.name, sf))
+        else:
+            out.append((f"ext-{f.name}".replace("_", "-"), None, f))
+    return out
+
+
+def from_flat(values: dict[str, Any]) -> ExtConfig:
+    """Build the config from ``{dest: value}`` where dest is the flag with ``-`` -> ``_`` (argparse's dest)."""
+    top: dict[str, Any] = {}
+    sec: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for flag, section, f in flat_fields():
+        dest = flag.replace("-", "_")
+        if dest in values and values[dest] is not None:
+            (sec[section] if section else top)[f.name] = values[dest]
+    sections = {s: _section_cls(s)(**kw) for s, kw in sec.items()}
+    return ExtConfig(**top, **sections)
+
+
+def _section_cls(name: str) -> type:
+    return {f.name: f.default_factory for f in fields(ExtConfig) if f.name in SECTIONS}[name]  # type: ignore[return-value]
