@@ -7,8 +7,13 @@ iterations, and AccelGen's online refit from the server's own measurements (A1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+import math
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Protocol
+
+import numpy as np
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,3 +41,240 @@ class LatencyModel(Protocol):
     def prefill_s(self, tokens: int, context_before: int = 0) -> float:
         """Time to prefill ``tokens`` new tokens after ``context_before`` cached ones, alone in a batch."""
         ...
+
+
+def shape_features(shape: BatchShape) -> tuple[int, float, float, int]:
+    """(new tokens, prefill attention work, decode attention work, sequences) of one iteration.
+
+    Prefill attention work counts causal query-key pairs: a chunk of ``n`` new tokens after ``c`` cached ones
+    attends to ``n*(c + n/2)`` pairs (FlashAttention's FLOPs are proportional to it). Decode attention reads the
+    whole KV of each sequence, so its work is the sum of context lengths (memory-bound)."""
+    attn_p = sum(n * (c + n / 2) for n, c in shape.prefill)
+    return shape.new_tokens, attn_p, float(sum(shape.decode_ctx)), len(shape.prefill) + len(shape.decode_ctx)
+
+
+def _largest_root(a: float, b: float, c: float) -> float:
+    """Largest x >= 0 with a*x^2 + b*x <= c (a, b >= 0); -1 when none, inf when unbounded."""
+    if c < 0:
+        return -1.0
+    if a <= 0:
+        return math.inf if b <= 0 else c / b
+    return 2 * c / (b + math.sqrt(b * b + 4 * a * c))  # stable form of (-b + sqrt(b^2 + 4ac)) / 2a
+
+
+@dataclass(frozen=True)
+class IterationLatencyModel:
+    """Roofline-shaped linear model of one forward iteration (AccelGen A1's ``c + b*tokens + a*attention``):
+
+        t = c0 + c_tok * max(T, pivot_tokens) + c_attn_prefill * sum_chunks n*(c + n/2)
+               + c_attn_decode * sum_decodes ctx + c_seq * sequences
+
+    ``T`` is the iteration's new tokens. The ``max`` is the GEMM roofline: below ``pivot_tokens`` the linear
+    layers are bound by streaming the weights (time flat in T), above it by compute (time linear in T); the
+    pivot is the compute-saturation size AccelGen aims the budget at. ``pivot_tokens = 0`` is the plain linear
+    model (CPU: no weight-streaming floor worth modelling). All coefficients are seconds per unit and >= 0.
+    Swap (CacheOPT C5) is ``swap_overhead_s + kv_bytes_per_token * tokens / pcie_bytes_per_s`` one way.
+    """
+
+    c0_s: float
+    c_tok_s: float
+    c_attn_prefill_s: float = 0.0
+    c_attn_decode_s: float = 0.0
+    c_seq_s: float = 0.0
+    pivot_tokens: float = 0.0
+    kv_bytes_per_token: float = 0.0
+    pcie_bytes_per_s: float = 25e9
+    swap_overhead_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"IterationLatencyModel.{name} must be finite and >= 0, got {value}")
+        if self.pcie_bytes_per_s <= 0:
+            raise ValueError("IterationLatencyModel.pcie_bytes_per_s must be > 0")
+
+    # --- LatencyModel ---------------------------------------------------------------------------------------
+    def iteration_s(self, shape: BatchShape) -> float:
+        tokens, attn_p, attn_d, seqs = shape_features(shape)
+        if seqs == 0:
+            return 0.0
+        return self._time(tokens, attn_p, attn_d, seqs)
+
+    def swap_s(self, tokens: int) -> float:
+        if tokens <= 0:
+            return 0.0
+        return self.swap_overhead_s + self.kv_bytes_per_token * tokens / self.pcie_bytes_per_s
+
+    def prefill_s(self, tokens: int, context_before: int = 0) -> float:
+        return self.iteration_s(BatchShape(prefill=((tokens, context_before),)))
+
+    # --- chunk sizing (A1) ----------------------------------------------------------------------------------
+    def max_tokens_within(
+        self,
+        budget_s: float,
+        decode_ctx: Sequence[int] = (),
+        prefill_context_before: int = 0,
+        limit: int = 1 << 30,
+    ) -> int:
+        """Largest prefill chunk ``n <= limit`` such that the iteration (this chunk after
+        ``prefill_context_before`` cached tokens, plus one decode per ``decode_ctx``) is predicted to fit in
+        ``budget_s``; 0 when not even one token fits. Closed form: t(n) is the max of two increasing
+        quadratics (the two roofline branches), so n* is the smaller of their roots."""
+        nd = len(decode_ctx)
+        r = budget_s - (self.c0_s + self.c_seq_s * (nd + 1) + self.c_attn_decode_s * sum(decode_ctx))
+        a = self.c_attn_prefill_s / 2
+        b = self.c_attn_prefill_s * prefill_context_before
+        x = min(
+            _largest_root(a, b + self.c_tok_s, r - self.c_tok_s * nd),  # compute branch: T = nd + n
+            _largest_root(a, b, r - self.c_tok_s * self.pivot_tokens),  # weight-streaming branch
+        )
+        n = limit if x >= limit else int(x)
+        if n >= 1 and self._chunk_time(n, nd, prefill_context_before, r) > 0:
+            n -= 1  # floating-point rounding at the boundary
+        return max(n, 0)
+
+    def _chunk_time(self, n: int, nd: int, cb: int, r: float) -> float:
+        """Predicted time of the chunk part minus the remaining budget ``r`` (<= 0 means it fits)."""
+        return self.c_tok_s * max(nd + n, self.pivot_tokens) + self.c_attn_prefill_s * n * (cb + n / 2) - r
+
+    def _time(self, tokens: float, attn_p: float, attn_d: float, seqs: float) -> float:
+        return (
+            self.c0_s
+            + self.c_tok_s * max(tokens, self.pivot_tokens)
+            + self.c_attn_prefill_s * attn_p
+            + self.c_attn_decode_s * attn_d
+            + self.c_seq_s * seqs
+        )
+
+    # --- fitting --------------------------------------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        samples: Iterable[tuple[BatchShape, float]],
+        *,
+        template: IterationLatencyModel | None = None,
+        pivot_tokens: float | None = None,
+        extra: Iterable[tuple[BatchShape, float, float]] = (),
+    ) -> IterationLatencyModel:
+        """Non-negative least squares on measured ``(shape, seconds)`` samples, minimising *relative* error
+        (iteration times span orders of magnitude; an absolute fit would ignore the short decode steps that
+        TBT SLOs are about). ``pivot_tokens=None`` searches the roofline pivot over the observed token counts;
+        swap parameters come from ``template``. ``extra`` adds weighted ``(shape, seconds, weight)`` pseudo
+        samples (the online fitter's prior)."""
+        rows = [(*shape_features(s), y, 1.0) for s, y in samples]
+        rows += [(*shape_features(s), y, w) for s, y, w in extra]
+        rows = [r for r in rows if r[3] > 0 and r[4] > 0 and math.isfinite(r[4])]
+        if len(rows) < 5:
+            raise ValueError(f"need at least 5 samples with a positive time to fit 5 coefficients, got {len(rows)}")
+        from scipy.optimize import minimize_scalar, nnls  # lazy: only fitting needs scipy
+
+        data = np.asarray(rows, dtype=float)
+        tokens, y = data[:, 0], data[:, 4]
+        w = data[:, 5] / y
+        if pivot_tokens is not None:
+            candidates = [float(pivot_tokens)]
+        else:
+            below = np.unique(tokens[tokens < tokens.max()])
+            qs = np.unique(np.quantile(below, np.linspace(0, 1, 33))) if below.size else np.empty(0)
+            candidates = [0.0, *(float(q) for q in qs if q > 0)]
+
+        def solve(pivot: float) -> tuple[float, np.ndarray]:
+            design = np.column_stack([np.ones_like(y), np.maximum(tokens, pivot), data[:, 1], data[:, 2], data[:, 3]])
+            coef, res = nnls(design * w[:, None], y * w)
+            return float(res), coef
+
+        results = [solve(p) for p in candidates]
+        floor = min(r for r, _ in results)
+        i = next(k for k, (r, _) in enumerate(results) if r <= floor * (1 + 1e-9))  # ties: the smallest pivot
+        pivot, (res, coef) = candidates[i], results[i]
+        if len(candidates) > 1:  # refine the pivot between the grid neighbours of the best one
+            lo, hi = candidates[max(i - 1, 0)], candidates[min(i + 1, len(candidates) - 1)]
+            opt = minimize_scalar(lambda p: solve(p)[0], bounds=(lo, hi), method="bounded", options={"xatol": 0.5})
+            if opt.fun < res:
+                pivot = float(opt.x)
+                res, coef = solve(pivot)
+        base = template if template is not None else cls(0.0, 0.0)
+        return replace(
+            base,
+            c0_s=float(coef[0]),
+            c_tok_s=float(coef[1]),
+            c_attn_prefill_s=float(coef[2]),
+            c_attn_decode_s=float(coef[3]),
+            c_seq_s=float(coef[4]),
+            pivot_tokens=float(pivot) if coef[1] > 0 else 0.0,
+        )
+
+    def relative_errors(self, samples: Iterable[tuple[BatchShape, float]]) -> np.ndarray:
+        """|predicted - measured| / measured for each sample (fit quality, held-out checks)."""
+        pairs = [(self.iteration_s(s), y) for s, y in samples]
+        return np.asarray([abs(p - y) / y for p, y in pairs if y > 0], dtype=float)
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IterationLatencyModel:
+        return cls(**{k: float(d[k]) for k in cls.__dataclass_fields__ if k in d})
+
+
+# Shapes the prior is anchored at in online refits: decodes and prefill chunks across the usual range.
+_ANCHORS = tuple(
+    [BatchShape(decode_ctx=(ctx,) * b) for b in (1, 8, 64) for ctx in (128, 2048)]
+    + [BatchShape(prefill=((n, c),)) for n in (32, 512, 2048) for c in (0, 2048)]
+)
+
+
+class OnlineLatencyFitter:
+    """AccelGen A1's online refit: start from a profile, collect the server's own measured iteration times,
+    refit every ``refit_every`` samples over a sliding ``window``.
+
+    Robust to few or one-sided samples: until ``min_samples`` it keeps the prior; a refit also sees the prior's
+    predictions at a fixed set of anchor shapes as pseudo-samples worth ``prior_weight`` samples in total, so a
+    coefficient the data cannot identify (e.g. prefill attention when only decodes were seen) stays near the
+    prior; and a refit is adopted only if it does not predict the window worse than the current model."""
+
+    def __init__(
+        self,
+        prior: IterationLatencyModel,
+        *,
+        refit_every: int = 64,
+        min_samples: int = 32,
+        window: int = 2048,
+        prior_weight: float = 8.0,
+    ) -> None:
+        if refit_every < 1 or min_samples < 5 or window < min_samples or prior_weight < 0:
+            raise ValueError("need refit_every >= 1, min_samples >= 5, window >= min_samples, prior_weight >= 0")
+        self.prior = prior
+        self.model = prior
+        self.refit_every = refit_every
+        self.min_samples = min_samples
+        self.prior_weight = prior_weight
+        self.samples: deque[tuple[BatchShape, float]] = deque(maxlen=window)
+        self.refits = 0
+        self._since = 0
+
+    def observe(self, shape: BatchShape, seconds: float) -> IterationLatencyModel | None:
+        """Record one measured iteration; returns the new model when this call refitted and adopted one."""
+        if not (seconds > 0 and math.isfinite(seconds)) or shape_features(shape)[3] == 0:
+            return None
+        self.samples.append((shape, seconds))
+        self._since += 1
+        if self._since < self.refit_every or len(self.samples) < self.min_samples:
+            return None
+        self._since = 0
+        return self.refit()
+
+    def refit(self) -> IterationLatencyModel | None:
+        w = self.prior_weight / len(_ANCHORS)
+        extra = [(s, self.prior.iteration_s(s), w) for s in _ANCHORS] if w > 0 else []
+        try:
+            candidate = IterationLatencyModel.fit(self.samples, template=self.model, extra=extra)
+        except ValueError:
+            return None
+        if float(np.mean(candidate.relative_errors(self.samples))) > float(
+            np.mean(self.model.relative_errors(self.samples))
+        ):
+            return None
+        self.model = candidate
+        self.refits += 1
+        return candidate
