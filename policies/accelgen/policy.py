@@ -1,0 +1,168 @@
+"""``accelgen``: AccelGen's scheduler — A1 budget, A2 order, A3 packing — over a pluggable :class:`KVGate`.
+
+One plan per iteration, always *mixed* (``run_decodes=True``): every running request decodes and the budget left
+after the decodes goes to prefill chunks. Steps:
+
+1. Best-effort check (bad input): running/waiting requests whose TBT SLO is below the minimum possible iteration
+   time for their context (:func:`~policies.accelgen.chunk.min_feasible_tbt_ms`) are treated as having no TBT SLO
+   (documented best-effort class; counted in ``notes['best_effort']``).
+2. A2 orders the waiting queue (:mod:`policies.accelgen.priority`).
+3. A1 sizes the budget from the tightest feasible TBT SLO of the running requests, the decodes' contexts and the
+   first candidate's chunk context (:mod:`policies.accelgen.chunk`). A1 off: a fixed budget of ``pivot_tokens``.
+4. A3 packs admissions into the budget and the free KV through the gate (:mod:`policies.accelgen.packing`).
+   Each admission is checked against the *actual* iteration shape (all chunks so far with their own contexts,
+   plus the decodes) and shrunk until the predicted time meets the limit, so the plan's predicted iteration time
+   never exceeds the tightest included SLO whenever a ``min_budget``-sized iteration fits at all.
+
+The gate (default :class:`PhysicalKVGate`) makes every KV decision: admissions, top-ups and victims. The combined
+``cacheopt+accelgen`` mode is this class with CacheOPT's gate (:mod:`policies.combined`); no special cases.
+
+Online refit (A1): a host that measures its iterations calls :meth:`AccelGenPolicy.observe_iteration`; with an
+:class:`~policies.latency.IterationLatencyModel` the policy refits every ``refit_interval`` measurements
+(:class:`~policies.latency.OnlineLatencyFitter`) and sizes later budgets with the refitted model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from policies.accelgen.chunk import ChunkSizer, min_feasible_tbt_ms
+from policies.accelgen.packing import pack
+from policies.accelgen.priority import Candidate, order_waiting
+from policies.base import Policy, register
+from policies.common import config_of
+from policies.config import AccelGenConfig
+from policies.kv_gate import KVGate, PhysicalKVGate
+from policies.latency import BatchShape, IterationLatencyModel, LatencyModel, OnlineLatencyFitter
+from policies.views import IterationPlan, Preempt, SchedulerView
+
+
+@register("accelgen")
+class AccelGenPolicy(Policy):
+    """AccelGen A1-A3 (see module docstring). Options: ``config`` (ExtConfig), ``gate`` (a :class:`KVGate`),
+    ``online_refit`` (bool, default False: the simulator's model is exact; the server turns it on)."""
+
+    def __init__(self, latency: LatencyModel, **options: Any) -> None:
+        super().__init__(latency, **options)
+        self.cfg: AccelGenConfig = config_of(options).accelgen
+        self.gate: KVGate = options.get("gate") or PhysicalKVGate()
+        self.sizer = ChunkSizer(latency, self.cfg.min_budget, self.cfg.max_budget)
+        self.fitter: OnlineLatencyFitter | None = None
+        if options.get("online_refit") and isinstance(latency, IterationLatencyModel):
+            self.fitter = OnlineLatencyFitter(latency, refit_every=self.cfg.refit_interval)
+        self._min_tbt_cache: dict[int, float] = {}
+
+    # --- A1 online refit --------------------------------------------------------------------------------------
+    def observe_iteration(self, shape: BatchShape, seconds: float) -> None:
+        """A measured iteration (host clock, not read here); refits the latency model periodically."""
+        if self.fitter is None:
+            return
+        model = self.fitter.observe(shape, seconds)
+        if model is not None:
+            self.set_latency(model)
+
+    def set_latency(self, latency: LatencyModel) -> None:
+        self.latency = latency
+        self.sizer = ChunkSizer(latency, self.cfg.min_budget, self.cfg.max_budget)
+        self._min_tbt_cache.clear()
+
+    # --- helpers ----------------------------------------------------------------------------------------------
+    def _min_tbt_ms(self, ctx: int) -> float:
+        """Minimum feasible TBT at context ``ctx``, bucketed to a power of two above (conservative: the minimum
+        grows with context) and cached, so the check costs nothing per decision."""
+        bucket = 1 << max(int(ctx) - 1, 0).bit_length()
+        v = self._min_tbt_cache.get(bucket)
+        if v is None:
+            v = self._min_tbt_cache[bucket] = min_feasible_tbt_ms(self.latency, bucket)
+        return v
+
+    def feasible_tbt(self, tbt_ms: float | None, ctx: int) -> float | None:
+        """The TBT SLO that binds for this request: ``None`` when absent or in the best-effort class."""
+        if tbt_ms is None or tbt_ms < self._min_tbt_ms(ctx):
+            return None
+        return tbt_ms
+
+    def iteration_limit_s(self, view: SchedulerView) -> tuple[float | None, int]:
+        """(tightest feasible TBT SLO among running requests in seconds or None, best-effort count)."""
+        tight: float | None = None
+        best_effort = 0
+        for r in view.running:
+            t = r.slo.tbt_ms
+            if t is None:
+                continue
+            if self.feasible_tbt(t, r.seq_len) is None:
+                best_effort += 1
+            elif tight is None or t < tight:
+                tight = t
+        return (None if tight is None else tight / 1e3), best_effort
+
+    # --- Policy -----------------------------------------------------------------------------------------------
+    def plan(self, view: SchedulerView) -> IterationPlan:
+        cfg = self.cfg
+        self.gate.begin(view)
+        decode_ctx = tuple(r.seq_len for r in view.running)
+        limit_s, best_effort = self.iteration_limit_s(view)
+        feasible = {w.rid: self.feasible_tbt(w.slo.tbt_ms, w.seq_len) for w in view.waiting if w.slo.tbt_ms}
+        cands, binding_ms = order_waiting(
+            view,
+            self.latency,
+            binding_ms=None if limit_s is None else limit_s * 1e3,
+            feasible_tbt=feasible,
+            group_ratio=cfg.slo_group_ratio,
+            urgent_slack_frac=cfg.urgent_slack_frac,
+            starve_s=cfg.starve_s,
+            grouping=cfg.slo_priority,
+        )
+        if not cfg.slo_priority:  # A2 off: first come, first served (chunked request still first)
+            cands.sort(key=lambda c: (c.tier != 0, c.req.arrival_s))
+        nd = len(decode_ctx)
+        if cfg.dynamic_chunk:
+            budget = self.sizer.budget(limit_s, decode_ctx, cands[0].ctx if cands else 0)
+        else:
+            budget = max(cfg.pivot_tokens, nd)
+        prefill: list[tuple[int, int]] = []
+
+        def fit(c: Candidate, t: int) -> int:
+            if limit_s is None or not cfg.dynamic_chunk:
+                return t
+            base = nd + sum(n for n, _ in prefill)
+            if base + t <= cfg.min_budget:  # the floor: progress even when the SLO cannot be met
+                return t
+            shape = BatchShape(prefill=(*prefill, (t, c.ctx)), decode_ctx=decode_ctx)
+            if self.latency.iteration_s(shape) <= limit_s:
+                return t
+            lo, hi = max(cfg.min_budget - base, 0), t  # largest t' with the shape within the limit
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                s = BatchShape(prefill=(*prefill, (mid, c.ctx)), decode_ctx=decode_ctx)
+                lo, hi = (mid, hi) if self.latency.iteration_s(s) <= limit_s else (lo, mid)
+            return lo
+
+        def record(c: Candidate, t: int) -> None:
+            if t > 0:
+                prefill.append((t, c.ctx))
+
+        kv_free = view.pool.available_tokens - view.pool.reserve_tokens - nd
+        admits, used = pack(
+            cands,
+            max(budget - nd, 0),
+            kv_free,
+            self.gate,
+            fit,
+            record,
+            window=cfg.pack_window,
+            multi_resource=cfg.multi_resource,
+        )
+        notes = {"budget": float(budget), "prefill_tokens": float(used), "decodes": float(nd)}
+        if limit_s is not None:
+            notes["limit_ms"] = limit_s * 1e3
+        if binding_ms is not None:
+            notes["binding_ms"] = binding_ms
+        if best_effort:
+            notes["best_effort"] = float(best_effort)
+        return IterationPlan(
+            admit=tuple(admits), token_budget=budget, topups=self.gate.topups(), run_decodes=True, notes=notes
+        )
+
+    def choose_victims(self, view: SchedulerView, tokens_needed: int) -> tuple[Preempt, ...]:
+        return self.gate.victims(view, tokens_needed)
