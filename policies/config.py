@@ -105,6 +105,10 @@ class AccelGenConfig:
         _check(self.pivot_tokens > 0, "--ext-accelgen-pivot-tokens", "must be > 0")
         _check(self.slo_group_ratio >= 1, "--ext-accelgen-slo-group-ratio", "must be >= 1")
         _check(self.refit_interval > 0, "--ext-accelgen-refit-interval", "must be > 0")
+    urgent_slack_frac: float = opt(0.5, "A2: a request whose TTFT slack is below this fraction of its TTFT SLO "
+                                   "skips the similar-SLO grouping.")  # fmt: skip
+    starve_s: float = opt(30.0, "A2: a request waiting longer than this (s) is served before all new ones.")
+    pack_window: int = opt(8, "A3: candidates of one priority class scored together for bin packing.")
 
 
 POLICY_CHOICES = ("none", "sglang", "vllm", "sarathi", "cacheopt", "accelgen", "cacheopt+accelgen")
@@ -112,6 +116,9 @@ POLICY_CHOICES = ("none", "sglang", "vllm", "sarathi", "cacheopt", "accelgen", "
 
 @dataclass(frozen=True)
 class ExtConfig:
+        _check(0 <= self.urgent_slack_frac <= 1, "--ext-accelgen-urgent-slack-frac", "must be in [0, 1]")
+        _check(self.starve_s > 0, "--ext-accelgen-starve-s", "must be > 0")
+        _check(self.pack_window >= 1, "--ext-accelgen-pack-window", "must be >= 1")
     """The whole extension config. ``policy='none'`` means stock SGLang: no hook changes any decision."""
 
     policy: str = opt("none", "Scheduling policy; none = stock SGLang.", POLICY_CHOICES)
