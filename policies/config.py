@@ -76,6 +76,10 @@ class CacheOptConfig:
     victim_tolerance: float = opt(0.1, "C4: relative band within which two keys count as similar.")
     swap_or_recompute: bool = opt(True, "C5: choose the faster of swap and recompute (off: recompute).")
     pcie_gbps: float = opt(25.0, "C5: effective host<->device bandwidth, GB/s.")
+    swap_block_tokens: int = opt(16, "C5: tokens per swapped KV block (one copy each way per block).")
+    swap_block_overhead_us: float = opt(1.0, "C5: fixed cost per swapped block per direction, microseconds.")
+    waiting_window: int = opt(64, "C2: waiting requests considered per iteration (bounds plan() cost).")
+    mixed_chunk: bool = opt(False, "Batching: decodes ride along with prefill chunks (off: SGLang's alternation).")
 
     def __post_init__(self) -> None:
         _check(self.reuse_buffer >= 0, "--ext-cacheopt-reuse-buffer", "must be >= 0")
@@ -84,6 +88,9 @@ class CacheOptConfig:
         _check(self.reserve_tokens >= 0, "--ext-cacheopt-reserve-tokens", "must be >= 0")
         _check(0 <= self.victim_tolerance < 1, "--ext-cacheopt-victim-tolerance", "must be in [0, 1)")
         _check(self.pcie_gbps > 0, "--ext-cacheopt-pcie-gbps", "must be > 0")
+        _check(self.swap_block_tokens > 0, "--ext-cacheopt-swap-block-tokens", "must be > 0")
+        _check(self.swap_block_overhead_us >= 0, "--ext-cacheopt-swap-block-overhead-us", "must be >= 0")
+        _check(self.waiting_window > 0, "--ext-cacheopt-waiting-window", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,10 @@ class AccelGenConfig:
     slo_group_ratio: float = opt(1.5, "A2: SLOs within this ratio of the tightest are batched together.")
     multi_resource: bool = opt(True, "A3: choose queued requests filling both the token budget and free KV.")
     refit_interval: int = opt(50, "A1: refit the latency model from measured iterations every N iterations.")
+    urgent_slack_frac: float = opt(0.5, "A2: a request whose TTFT slack is below this fraction of its TTFT SLO "
+                                   "skips the similar-SLO grouping.")  # fmt: skip
+    starve_s: float = opt(30.0, "A2: a request waiting longer than this (s) is served before all new ones.")
+    pack_window: int = opt(8, "A3: candidates of one priority class scored together for bin packing.")
 
     def __post_init__(self) -> None:
         _check(self.min_budget > 0, "--ext-accelgen-min-budget", "must be > 0")
@@ -105,10 +116,9 @@ class AccelGenConfig:
         _check(self.pivot_tokens > 0, "--ext-accelgen-pivot-tokens", "must be > 0")
         _check(self.slo_group_ratio >= 1, "--ext-accelgen-slo-group-ratio", "must be >= 1")
         _check(self.refit_interval > 0, "--ext-accelgen-refit-interval", "must be > 0")
-    urgent_slack_frac: float = opt(0.5, "A2: a request whose TTFT slack is below this fraction of its TTFT SLO "
-                                   "skips the similar-SLO grouping.")  # fmt: skip
-    starve_s: float = opt(30.0, "A2: a request waiting longer than this (s) is served before all new ones.")
-    pack_window: int = opt(8, "A3: candidates of one priority class scored together for bin packing.")
+        _check(0 <= self.urgent_slack_frac <= 1, "--ext-accelgen-urgent-slack-frac", "must be in [0, 1]")
+        _check(self.starve_s > 0, "--ext-accelgen-starve-s", "must be > 0")
+        _check(self.pack_window >= 1, "--ext-accelgen-pack-window", "must be >= 1")
 
 
 POLICY_CHOICES = ("none", "sglang", "vllm", "sarathi", "cacheopt", "accelgen", "cacheopt+accelgen")
@@ -116,9 +126,6 @@ POLICY_CHOICES = ("none", "sglang", "vllm", "sarathi", "cacheopt", "accelgen", "
 
 @dataclass(frozen=True)
 class ExtConfig:
-        _check(0 <= self.urgent_slack_frac <= 1, "--ext-accelgen-urgent-slack-frac", "must be in [0, 1]")
-        _check(self.starve_s > 0, "--ext-accelgen-starve-s", "must be > 0")
-        _check(self.pack_window >= 1, "--ext-accelgen-pack-window", "must be >= 1")
     """The whole extension config. ``policy='none'`` means stock SGLang: no hook changes any decision."""
 
     policy: str = opt("none", "Scheduling policy; none = stock SGLang.", POLICY_CHOICES)

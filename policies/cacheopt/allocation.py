@@ -1,0 +1,169 @@
+"""C2 — allocation against estimated demand, reuse of allocated-but-unused KV, and the order waiting requests are
+considered in.
+
+Accounting (all in tokens). Every request the gate admitted has an *allocation* in the :class:`Ledger` (its
+admitted demand plus top-ups). A request it did not admit (admitted before a policy switch) counts its view's
+``kv_allocated``. A request always counts at least what it physically holds, so an overrun is never hidden::
+
+    committed = sum over live requests of max(alloc, kv_used [+ KV lent to guests, for a host])
+                - sum over guests whose host is alive of the tokens they borrowed
+    committed + reserve_left <= capacity          (the invariant the gate never breaks)
+
+Reuse (CacheOPT's allocated-but-unused KV): a running request's allocation covers its future output, so most of it is
+empty for most of its life. A waiting *guest* may live inside a *host*'s empty tail when the tail holds the guest's
+prompt and output *and* the host's growth during the guest's life (one token per step while the guest runs)::
+
+    guest_prompt + 2 * guest_output + buffer <= host_alloc - host_used - already_lent
+
+The guest borrows ``guest_prompt + guest_output`` tokens; they are subtracted from the sum once (they are inside the
+host's allocation), so nothing is double counted. When the guest finishes, its borrowed tokens return to the host's
+room; when the host leaves first, the guest's allocation simply counts in full (never more than the host freed).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+
+from policies.latency import LatencyModel
+from policies.views import RunningView, WaitingView
+
+
+class Ledger:
+    """Per-request allocations, reuse loans and reserve draws, kept across iterations by the gate."""
+
+    __slots__ = ("alloc", "borrowed", "draws", "guest", "guests_of")
+
+    def __init__(self) -> None:
+        self.alloc: dict[str, int] = {}  # rid -> tokens accounted (admitted demand + top-ups)
+        self.guest: dict[str, tuple[str, int]] = {}  # guest rid -> (host rid, tokens borrowed)
+        self.borrowed: dict[str, int] = {}  # host rid -> tokens lent to its live guests
+        self.guests_of: dict[str, list[str]] = {}
+        self.draws: dict[str, int] = {}  # rid -> reserve tokens drawn (C3)
+
+    def drop(self, rid: str) -> None:
+        """Forget a request that finished or was preempted: its allocation and reserve draw return, a guest's loan
+        returns to its host, and a host's guests become independent."""
+        self.alloc.pop(rid, None)
+        self.draws.pop(rid, None)
+        loan = self.guest.pop(rid, None)
+        if loan is not None:
+            host, tokens = loan
+            if host in self.borrowed:
+                self.borrowed[host] -= tokens
+                self.guests_of[host].remove(rid)
+                if not self.guests_of[host]:
+                    del self.borrowed[host], self.guests_of[host]
+        for g in self.guests_of.pop(rid, ()):
+            del self.guest[g]
+        self.borrowed.pop(rid, None)
+
+    def reconcile(self, live: dict[str, RunningView], pending: str | None) -> None:
+        """Drop every entry that is neither running nor the request whose chunked prefill is in progress."""
+        stale = [rid for rid in self.alloc if rid not in live and rid != pending]
+        for rid in stale:
+            self.drop(rid)
+
+    def lend(self, host: str, guest: str, tokens: int) -> None:
+        self.guest[guest] = (host, tokens)
+        self.borrowed[host] = self.borrowed.get(host, 0) + tokens
+        self.guests_of.setdefault(host, []).append(guest)
+
+    def scan(
+        self, running: Sequence[RunningView], live: dict[str, RunningView], pending: str | None, horizon: int
+    ) -> tuple[int, list[RunningView]]:
+        """One pass over the running batch: the committed total (left side of the invariant, without the reserve)
+        and the requests whose own room is below ``horizon`` tokens (C3 top-up candidates). A host's own room
+        excludes what it lent; a request mid-way through its chunked prefill (``pending``) counts its allocation."""
+        alloc = self.alloc
+        borrowed = self.borrowed
+        total = 0
+        low: list[RunningView] = []
+        for r in running:
+            a = alloc.get(r.rid, r.kv_allocated)
+            u = r.kv_used
+            total += a if a > u else u
+            if a - u < horizon:
+                low.append(r)
+        for host, lent in borrowed.items():
+            r = live[host]
+            a = alloc.get(host, r.kv_allocated)
+            u = r.kv_used
+            total += max(a, u + lent) - max(a, u)
+            if a - u >= horizon > a - u - lent:
+                low.append(r)
+        for _host, tokens in self.guest.values():
+            total -= tokens
+        if pending is not None and pending not in live:
+            total += alloc.get(pending, 0)
+        return total, low
+
+    def host_room(self, r: RunningView) -> int:
+        """Empty allocated tail a host still has for itself (after what it lent)."""
+        a = self.alloc.get(r.rid, r.kv_allocated)
+        return a - r.kv_used - self.borrowed.get(r.rid, 0)
+
+
+class HostIndex:
+    """Running requests that can host a guest, sorted by room, for best-fit lookups (C2 reuse).
+
+    Best fit (the smallest room that holds the guest) keeps large tails for large guests. Guests are never hosts
+    (no chains of loans). Built lazily, once per planning pass, only when an admission does not fit otherwise.
+    """
+
+    __slots__ = ("_rids", "_rooms")
+
+    def __init__(self, running: Sequence[RunningView], ledger: Ledger, min_room: int) -> None:
+        pairs = []
+        guest = ledger.guest
+        for r in running:
+            if r.rid in guest:
+                continue
+            room = ledger.host_room(r)
+            if room >= min_room:
+                pairs.append((room, r.rid))
+        pairs.sort()
+        self._rooms = [p[0] for p in pairs]
+        self._rids = [p[1] for p in pairs]
+
+    def take(self, need: int, lend: int) -> str | None:
+        """Find the best-fit host with room >= ``need``; its room shrinks by ``lend``. None if no host fits."""
+        i = bisect.bisect_left(self._rooms, need)
+        if i == len(self._rooms):
+            return None
+        room = self._rooms.pop(i)
+        rid = self._rids.pop(i)
+        left = room - lend
+        j = bisect.bisect_left(self._rooms, left)
+        self._rooms.insert(j, left)
+        self._rids.insert(j, rid)
+        return rid
+
+
+def order_waiting(
+    waiting: Sequence[WaitingView], now_s: float, window: int, latency: LatencyModel
+) -> list[WaitingView]:
+    """The first ``window`` waiting requests (host queue order: arrival, preempted first) in C2's pick order.
+
+    Key, ascending: resumed requests first (they already streamed tokens, so every waiting moment is a stall against
+    their TBT SLO), then least TTFT slack (deadline - now - predicted prefill time; no TTFT SLO = infinite slack),
+    then tighter TBT SLO, then arrival. Only a bounded prefix of the queue is looked at per iteration so the cost
+    does not grow with the queue (the plan() budget is 100 us at 1,000 waiting).
+    """
+    head = waiting[:window]
+    if not any(w.slo.ttft_ms is not None or w.output_len for w in head):
+        return list(head)  # no SLOs and no resumed requests: queue (FCFS) order
+
+    def key(w: WaitingView) -> tuple[int, float, float, float]:
+        if w.output_len or w.first_token_s is not None:
+            return (0, 0.0, w.slo.tbt_ms or math.inf, w.arrival_s)
+        ttft = w.slo.ttft_ms
+        if ttft is None:
+            slack = math.inf
+        else:
+            new = max(w.seq_len - w.cached_len - w.prefilled_len, 0)
+            slack = w.arrival_s + ttft * 1e-3 - now_s - latency.prefill_s(new, w.cached_len + w.prefilled_len)
+        return (1, slack, w.slo.tbt_ms or math.inf, w.arrival_s)
+
+    return sorted(head, key=key)

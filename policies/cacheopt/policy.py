@@ -1,0 +1,87 @@
+"""The ``cacheopt`` policy: SGLang's batching with CacheOPT's KV management (C1-C5) through :class:`CacheOptGate`.
+
+Batching follows SGLang 0.5.23's default so that differences against the ``sglang`` baseline come from KV
+management: when any waiting request can be admitted, the iteration is a prefill batch of up to
+``chunked_prefill_size`` tokens (the last request may be chunked; a chunk in progress continues first), otherwise
+it is a decode step. ``--ext-cacheopt-mixed-chunk`` lets decodes ride along with the prefill chunk instead.
+
+Candidates are the first ``waiting_window`` waiting requests in C2's pick order (resumed first, then least TTFT
+slack). Admission stops at the first request that does not fit (no backfilling, so a large request is not starved by
+smaller ones); a request that can never fit (its prompt alone exceeds the pool minus the reserve) is skipped and
+counted in ``notes['never_fit']`` so the host can reject it with a reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from policies.base import Policy, register
+from policies.cacheopt.allocation import order_waiting
+from policies.cacheopt.gate import CacheOptGate
+from policies.config import ExtConfig
+from policies.latency import LatencyModel
+from policies.views import Admit, IterationPlan, Preempt, SchedulerView, WaitingView
+
+
+@register("cacheopt")
+class CacheOptPolicy(Policy):
+    """Options: ``config`` (an :class:`ExtConfig`; default: all defaults) and ``reserve_tokens`` (the predictor
+    service's reservation decision, overriding ``--ext-cacheopt-reserve-tokens``)."""
+
+    def __init__(self, latency: LatencyModel, **options: Any) -> None:
+        super().__init__(latency, **options)
+        config: ExtConfig = options.get("config") or ExtConfig()
+        self.config = config
+        self.cfg = config.cacheopt
+        self.chunk = config.sglang.chunked_prefill_size
+        self.gate = CacheOptGate(config.cacheopt, latency, reserve_tokens=options.get("reserve_tokens"))
+
+    def plan(self, view: SchedulerView) -> IterationPlan:
+        gate = self.gate
+        gate.begin(view)
+        budget = self.chunk
+        admits: list[Admit] = []
+        prefill = 0
+        never_fit = 0
+        for req in self._candidates(view):
+            if budget <= 0:
+                break
+            if req.swapped_out and req.prefilled_len == 0:
+                chunk = 0  # resumed by swap-in: KV comes back over PCIe, no forward tokens
+            else:
+                chunk = min(max(req.seq_len - req.cached_len - req.prefilled_len, 1), budget)
+            a = gate.admit(req, chunk)
+            if a is None:
+                if gate.permanent_reject:
+                    never_fit += 1
+                    continue
+                break
+            admits.append(a)
+            budget -= chunk
+            prefill += chunk
+        run_decodes = self.cfg.mixed_chunk or prefill == 0
+        notes = dict(gate.counters)
+        notes["never_fit"] = float(never_fit)
+        return IterationPlan(
+            admit=tuple(admits),
+            token_budget=prefill + (len(view.running) if run_decodes else 0),
+            topups=gate.topups(),
+            run_decodes=run_decodes,
+            notes=notes,
+        )
+
+    def choose_victims(self, view: SchedulerView, tokens_needed: int) -> tuple[Preempt, ...]:
+        return self.gate.victims(view, tokens_needed)
+
+    def on_finish(self, rid: str, output_len: int) -> None:
+        self.gate.on_finish(rid)
+
+    def _candidates(self, view: SchedulerView) -> list[WaitingView]:
+        ordered = order_waiting(view.waiting, view.now_s, self.cfg.waiting_window, self.latency)
+        chunked = view.chunked_rid
+        if chunked is None:
+            return ordered
+        first = next((w for w in view.waiting if w.rid == chunked), None)
+        if first is None:
+            return ordered
+        return [first, *(w for w in ordered if w.rid != chunked)]
