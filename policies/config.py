@@ -76,6 +76,10 @@ class CacheOptConfig:
     victim_tolerance: float = opt(0.1, "C4: relative band within which two keys count as similar.")
     swap_or_recompute: bool = opt(True, "C5: choose the faster of swap and recompute (off: recompute).")
     pcie_gbps: float = opt(25.0, "C5: effective host<->device bandwidth, GB/s.")
+    swap_block_tokens: int = opt(16, "C5: tokens per swapped KV block (one copy each way per block).")
+    swap_block_overhead_us: float = opt(1.0, "C5: fixed cost per swapped block per direction, microseconds.")
+    waiting_window: int = opt(64, "C2: waiting requests considered per iteration (bounds plan() cost).")
+    mixed_chunk: bool = opt(False, "Batching: decodes ride along with prefill chunks (off: SGLang's alternation).")
 
     def __post_init__(self) -> None:
         _check(self.reuse_buffer >= 0, "--ext-cacheopt-reuse-buffer", "must be >= 0")
@@ -84,6 +88,9 @@ class CacheOptConfig:
         _check(self.reserve_tokens >= 0, "--ext-cacheopt-reserve-tokens", "must be >= 0")
         _check(0 <= self.victim_tolerance < 1, "--ext-cacheopt-victim-tolerance", "must be in [0, 1)")
         _check(self.pcie_gbps > 0, "--ext-cacheopt-pcie-gbps", "must be > 0")
+        _check(self.swap_block_tokens > 0, "--ext-cacheopt-swap-block-tokens", "must be > 0")
+        _check(self.swap_block_overhead_us >= 0, "--ext-cacheopt-swap-block-overhead-us", "must be >= 0")
+        _check(self.waiting_window > 0, "--ext-cacheopt-waiting-window", "must be > 0")
 
 
 @dataclass(frozen=True)
