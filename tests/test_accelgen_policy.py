@@ -1,0 +1,159 @@
+"""AccelGen A2 order, A3 KV safety and packing, and the A1 property on whole plans (hypothesis)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policies.accelgen.packing import alignment
+from policies.accelgen.policy import AccelGenPolicy
+from policies.accelgen.priority import TIER_CHUNKED, TIER_FEASIBLE, TIER_LATE, TIER_RESUME, order_waiting
+from policies.base import create
+from policies.config import AccelGenConfig, ExtConfig
+from policies.latency import BatchShape, IterationLatencyModel
+from policies.views import SLO, PoolView, RunningView, SchedulerView, WaitingView
+
+MODEL = IterationLatencyModel(
+    c0_s=0.0015, c_tok_s=2.2e-5, c_attn_prefill_s=1.06e-9, c_attn_decode_s=5.6e-8, c_seq_s=6.6e-6, pivot_tokens=240
+)
+
+
+def cfg(**kw) -> ExtConfig:
+    return ExtConfig(accelgen=replace(AccelGenConfig(), **kw))
+
+
+def w(rid: str, arrival: float, prompt: int, ttft: float | None = 2000, tbt: float | None = 50, **kw) -> WaitingView:
+    return WaitingView(rid, arrival, prompt, 256, SLO(ttft, tbt), **kw)
+
+
+def r(rid: str, ctx: int, tbt: float | None) -> RunningView:
+    return RunningView(rid, 0.0, ctx - 10, 10, 256, ctx, ctx, SLO(None, tbt))
+
+
+def order(view: SchedulerView, binding: float | None = None, grouping: bool = True) -> list[str]:
+    cands, _ = order_waiting(
+        view, MODEL, binding_ms=binding, feasible_tbt={}, group_ratio=1.5, urgent_slack_frac=0.5, starve_s=30.0,
+        grouping=grouping,
+    )  # fmt: skip
+    return [c.req.rid for c in cands]
+
+
+def test_a2_tiers_and_least_slack() -> None:
+    now = 10.0
+    waiting = (
+        w("late", 0.0, 100, ttft=500),  # its deadline passed
+        w("loose_ttft", 9.9, 100, ttft=5000),
+        w("tight_ttft", 9.9, 100, ttft=1000),
+        w("resumed", 5.0, 100, output_len=5, first_token_s=6.0),
+        w("chunk", 9.0, 4000, prefilled_len=1024),
+        w("no_ttft", 1.0, 100, ttft=None),
+        w("starving", now - 31.0, 100, ttft=None, tbt=None),
+    )
+    view = SchedulerView(now, waiting, (), PoolView(100_000, 100_000), chunked_rid="chunk")
+    expected = ["chunk", "starving", "resumed", "tight_ttft", "loose_ttft", "no_ttft", "late"]
+    assert order(view, grouping=False) == expected
+    cands, _ = order_waiting(view, MODEL, binding_ms=None, feasible_tbt={}, group_ratio=1.5,
+                             urgent_slack_frac=0.5, starve_s=30.0)  # fmt: skip
+    tiers = {c.req.rid: c.tier for c in cands}
+    assert tiers["chunk"] == TIER_CHUNKED and tiers["resumed"] == TIER_RESUME and tiers["starving"] == TIER_RESUME
+    assert tiers["late"] == TIER_LATE and tiers["tight_ttft"] == TIER_FEASIBLE
+
+
+def test_a2_grouping_puts_binding_group_first_unless_urgent() -> None:
+    now = 1.0
+    waiting = (
+        w("loose_first", 0.9, 100, ttft=3000, tbt=200),  # least slack but out of the 25 ms group
+        w("tight", 0.95, 100, ttft=3000, tbt=30),  # 30 <= 25 * 1.5: in the group
+        w("loose_urgent", 0.0, 100, ttft=1500, tbt=200),  # slack < 0.5 * ttft: grouping does not delay it
+        w("no_tbt", 0.99, 100, ttft=3000, tbt=None),
+    )
+    view = SchedulerView(now, waiting, (), PoolView(100_000, 100_000))
+    assert order(view, binding=25.0) == ["loose_urgent", "tight", "loose_first", "no_tbt"]
+    assert order(view, binding=25.0, grouping=False) == ["loose_urgent", "loose_first", "tight", "no_tbt"]
+    # No running binding SLO: the least-slack waiting request's SLO (200, of loose_urgent) defines the group.
+    assert order(view, binding=None)[:2] == ["loose_urgent", "loose_first"]
+
+
+def test_a3_alignment_prefers_abundant_resource() -> None:
+    # Budget nearly full, KV plentiful: the KV-heavy candidate scores higher than the token-heavy one.
+    assert alignment(10, 5000, 20, 9000, 1000, 10000) > alignment(20, 100, 20, 9000, 1000, 10000)
+
+
+def test_plan_is_mixed_and_chunk_is_budget_after_decodes() -> None:
+    pol = create("accelgen", MODEL, config=cfg())
+    running = tuple(r(f"r{i}", 1000, 40.0) for i in range(8))
+    view = SchedulerView(0.0, (w("long", 0.0, 20_000),), running, PoolView(200_000, 150_000))
+    plan = pol.plan(view)
+    assert plan.run_decodes and plan.token_budget is not None
+    assert [a.rid for a in plan.admit] == ["long"]
+    assert plan.admit[0].prefill_tokens == plan.token_budget - len(running)
+    t = MODEL.iteration_s(BatchShape(prefill=((plan.admit[0].prefill_tokens, 0),), decode_ctx=(1000,) * 8))
+    assert t <= 0.040
+
+
+def test_best_effort_request_does_not_constrain_and_is_admitted() -> None:
+    pol = AccelGenPolicy(MODEL, config=cfg())
+    running = (r("impossible", 1000, 0.5), r("loose", 1000, None))
+    view = SchedulerView(0.0, (w("x", 0.0, 3000, tbt=0.1),), running, PoolView(100_000, 90_000))
+    plan = pol.plan(view)
+    assert plan.notes["best_effort"] == 1.0 and "limit_ms" not in plan.notes
+    assert plan.token_budget == AccelGenConfig().max_budget and plan.admit[0].rid == "x"
+
+
+def test_a1_off_uses_fixed_budget() -> None:
+    pol = create("accelgen", MODEL, config=cfg(dynamic_chunk=False, pivot_tokens=512))
+    view = SchedulerView(0.0, (w("long", 0.0, 5000),), (r("a", 100, 10.0),), PoolView(100_000, 90_000))
+    plan = pol.plan(view)
+    assert plan.token_budget == 512 and plan.admit[0].prefill_tokens == 511
+
+
+waiting_st = st.lists(
+    st.tuples(
+        st.integers(1, 6000),  # prompt
+        st.integers(0, 3000),  # cached prefix
+        st.sampled_from([None, 20.0, 30.0, 50.0, 100.0, 250.0]),  # TBT SLO
+        st.floats(0.0, 5.0),  # arrival
+    ),
+    max_size=12,
+)
+running_st = st.lists(
+    st.tuples(st.integers(2, 6000), st.sampled_from([None, 12.0, 20.0, 30.0, 50.0, 100.0, 250.0])), max_size=60
+)
+
+
+def build(waiting, running, free: int) -> SchedulerView:
+    ws = tuple(
+        WaitingView(f"w{i}", a, p, 128, SLO(1000.0, t), cached_len=min(c, p - 1))
+        for i, (p, c, t, a) in enumerate(waiting)
+    )
+    rs = tuple(RunningView(f"r{i}", 0.0, ctx - 1, 1, 128, ctx, ctx, SLO(None, t)) for i, (ctx, t) in enumerate(running))
+    return SchedulerView(5.0, ws, rs, PoolView(1_000_000, free))
+
+
+@settings(max_examples=150, deadline=None)
+@given(waiting_st, running_st, st.integers(0, 200_000), st.booleans())
+def test_property_plan_meets_tightest_slo_and_never_exceeds_kv(waiting, running, free, multi) -> None:
+    pol = AccelGenPolicy(MODEL, config=cfg(min_budget=1, multi_resource=multi))
+    view = build(waiting, running, free)
+    plan = pol.plan(view)
+    by_rid = {x.rid: x for x in view.waiting}
+    # A3: never more KV than is available (the physical gate: prompt tokens + one decode token each).
+    assert sum(a.prefill_tokens + 1 for a in plan.admit) <= max(free - len(running), 0)
+    assert sum(1 for a in plan.admit if a.prefill_tokens < by_rid[a.rid].prompt_len - by_rid[a.rid].cached_len) <= 1
+    # A1: predicted iteration time <= the tightest included SLO whenever the minimum feasible size fits.
+    slos = [t for _, t in running if t is not None]
+    if not slos:
+        return
+    limit = min(slos) / 1e3
+    shape = BatchShape(
+        prefill=tuple((a.prefill_tokens, by_rid[a.rid].cached_len) for a in plan.admit),
+        decode_ctx=tuple(ctx for ctx, _ in running),
+    )
+    decode_only = MODEL.iteration_s(BatchShape(decode_ctx=shape.decode_ctx))
+    if decode_only <= limit:
+        assert MODEL.iteration_s(shape) <= limit + 1e-12
+    else:
+        assert plan.admit == ()
+    assert sum(a.prefill_tokens for a in plan.admit) <= plan.token_budget - len(running) or plan.admit == ()
