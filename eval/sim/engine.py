@@ -1,0 +1,407 @@
+"""Discrete-event, iteration-level simulator: the host that runs the *same* policy code as the SGLang adapter,
+with an injected latency model in place of the GPU (issue 3; Vidur-style).
+
+One iteration: build the views, ``policy.plan(view)``, apply its preemptions/top-ups/admissions (each admitted
+chunk's KV is allocated before the forward, as SGLang allocates ``out_cache_loc``), make room for the decode step
+(``policy.choose_victims`` when it does not fit: decode OOM), advance the clock by
+``latency.iteration_s(shape)`` plus any swap transfers, then emit tokens. Time jumps over idle gaps to the next
+arrival. The host decides nothing itself: it only enforces the physics (pool capacity, hidden lengths) and
+fails loudly when a policy breaks them or stops making progress.
+
+Host rules that mirror SGLang's server (``scheduler.py`` ``init_req_max_new_tokens`` and input validation): a
+prompt of ``capacity - 6`` tokens or more is rejected with a reason; the visible ``max_new_tokens`` is capped at
+``capacity - 2 - prompt``. A re-prefilled (recomputed) request samples its next token at the end of the
+prefill, as SGLang's retracted requests do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from eval.metrics import RequestRecord, summarize
+from eval.sim import request as rq
+from eval.sim.pool import KVPool, OverCommitError
+from eval.sim.request import PREFILLING, RUNNING, WAITING, SimRequest
+from eval.workloads import RequestSpec
+from policies.base import Policy
+from policies.latency import BatchShape, LatencyModel
+from policies.views import IterationPlan, LengthEstimate, PoolView, PreemptMode, SchedulerView
+
+BLOCK_TOKENS = 512  # Mooncake's hash_ids block size
+Estimator = Callable[[RequestSpec], LengthEstimate | None]
+
+
+class PolicyError(RuntimeError):
+    """A policy decision the host cannot apply (unknown request, over-commit, nonsense chunk)."""
+
+
+class SimulationStalled(RuntimeError):
+    """Requests are waiting, nothing runs, no arrival is due, and the policy admits nothing."""
+
+
+@dataclass
+class SimStats:
+    iterations: int = 0
+    prefill_tokens: int = 0
+    decode_tokens: int = 0
+    preemptions: int = 0
+    swaps_out: int = 0
+    swaps_in: int = 0
+    swap_fallbacks: int = 0  # swap asked for but host memory was full: recomputed instead
+    rejected: int = 0
+    aborted: int = 0  # decode OOM that no victim could fix (SGLang aborts the last request too)
+    cache_hit_tokens: int = 0
+    busy_s: float = 0.0
+
+
+@dataclass
+class SimResult:
+    records: list[RequestRecord]
+    summary: dict[str, Any]
+    stats: SimStats = field(default_factory=SimStats)
+
+
+class Simulator:
+    def __init__(
+        self,
+        policy: Policy,
+        latency: LatencyModel,
+        *,
+        pool_tokens: int,
+        page_size: int = 1,
+        host_tokens: int | None = None,
+        estimator: Estimator | None = None,
+        block_tokens: int = BLOCK_TOKENS,
+        rate_window_s: float = 60.0,
+        check_invariants: bool = False,
+        max_iterations: int = 100_000_000,
+    ) -> None:
+        self.policy = policy
+        self.latency = latency
+        self.pool = KVPool(pool_tokens, page_size, 4 * pool_tokens if host_tokens is None else host_tokens)
+        self.estimator = estimator
+        self.block_tokens = block_tokens
+        self.rate_window_s = rate_window_s
+        self.check = check_invariants
+        self.max_iterations = max_iterations
+        self.oracle = bool(getattr(policy, "needs_oracle", False))
+        self._wview = rq.oracle_waiting_view if self.oracle else rq.waiting_view
+        self._rview = rq.oracle_running_view if self.oracle else rq.running_view
+        self.waiting: dict[str, SimRequest] = {}
+        self.prefilling: dict[str, SimRequest] = {}
+        self.running: dict[str, SimRequest] = {}
+        self.requests: list[SimRequest | RequestRecord] = []
+        self.stats = SimStats()
+        self.now = 0.0
+        self._arrivals: deque[float] = deque()
+        self._zero_dt = 0
+
+    # --- main loop ------------------------------------------------------------------------------------------
+    def run(self, specs: Iterable[RequestSpec]) -> SimResult:
+        todo = sorted(specs, key=lambda s: s.arrival_s)
+        n = len(todo)
+        i = 0
+        self.now = todo[0].arrival_s if todo else 0.0
+        while True:
+            while i < n and todo[i].arrival_s <= self.now:
+                self._arrive(todo[i])
+                i += 1
+            if not (self.waiting or self.prefilling or self.running):
+                if i >= n:
+                    break
+                self.policy.plan(self._view())  # an idle scheduling point (SGLang resets its ratio here)
+                self.now = todo[i].arrival_s
+                continue
+            if not self._iterate():
+                if i < n:
+                    self.now = max(self.now, todo[i].arrival_s)
+                    continue
+                raise SimulationStalled(
+                    f"policy {self.policy.name!r} admits nothing with {len(self.waiting)} waiting, "
+                    f"{len(self.prefilling)} prefilling, {len(self.running)} running, {self.pool.free} of "
+                    f"{self.pool.capacity} KV tokens free, and no arrival left"
+                )
+            if self.stats.iterations > self.max_iterations:
+                raise SimulationStalled(f"more than {self.max_iterations} iterations")
+        records = [r.record if isinstance(r, SimRequest) else r for r in self.requests]
+        return SimResult(records, summarize(records), self.stats)
+
+    def _iterate(self) -> bool:
+        plan: IterationPlan = self.policy.plan(self._view())
+        extra_s = 0.0
+        for p in plan.preempt:
+            extra_s += self._preempt(p.rid, p.mode)
+        for rid, n in plan.topups:
+            r = self.running.get(rid) or self.prefilling.get(rid) or self.waiting.get(rid)
+            if r is None or r.kv_allocated + n < 0:
+                raise PolicyError(f"top-up of {n} for {rid!r} is not applicable")
+            r.kv_allocated += n
+            r.version += 1
+        prefills: list[tuple[SimRequest, int, int]] = []
+        resumed: list[SimRequest] = []
+        for a in plan.admit:
+            r = self.prefilling.get(a.rid) or self.waiting.get(a.rid)
+            if r is None or any(a.rid == q.rid for q, _, _ in prefills):
+                raise PolicyError(f"admit of {a.rid!r}: not waiting (or admitted twice)")
+            if r.host_tokens:
+                extra_s += self._swap_in(r)
+                resumed.append(r)
+                continue
+            if r.state == WAITING:
+                self._start_prefill(r)
+            n = a.prefill_tokens
+            before = r.prefilled_len
+            if not 0 < n <= r.seq_len - before:
+                raise PolicyError(f"admit of {a.rid!r} with {n} prefill tokens; {r.seq_len - before} remain")
+            self._grow(r, n)
+            r.kv_allocated = max(r.kv_allocated, a.reserve_tokens, r.kv_used)
+            prefills.append((r, n, before))
+        decoders: list[SimRequest] = []
+        if plan.run_decodes and self.running:
+            extra_s += self._make_room_for_decode()
+            decoders = list(self.running.values())
+            for r in decoders:
+                self._grow(r, 1)
+        if not (prefills or decoders or resumed or plan.preempt or extra_s):
+            return False
+        shape = BatchShape(tuple((n, b) for _, n, b in prefills), tuple(r.kv_used for r in decoders))
+        dt = (self.latency.iteration_s(shape) if (prefills or decoders) else 0.0) + extra_s
+        self._zero_dt = self._zero_dt + 1 if dt <= 0 else 0
+        if self._zero_dt > 10_000:
+            raise SimulationStalled(f"policy {self.policy.name!r}: 10,000 iterations without simulated time passing")
+        self.now += dt
+        self.stats.busy_s += dt
+        self.stats.iterations += 1
+        now = self.now
+        for r in decoders:
+            r.output_len += 1
+            r.record.token_times_s.append(now)
+            r.version += 1
+            if r.output_len >= r._finish_len:
+                self._finish(r)
+        self.stats.decode_tokens += len(decoders)
+        for r, n, _ in prefills:
+            r.prefilled_len += n
+            r.version += 1
+            self.stats.prefill_tokens += n
+            if r.prefilled_len == r.seq_len:
+                self._complete_prefill(r)
+        for r in resumed:
+            r.state = RUNNING
+            self.running[r.rid] = r
+        if self.check:
+            self.check_invariants()
+        return True
+
+    # --- views ----------------------------------------------------------------------------------------------
+    def _view(self) -> SchedulerView:
+        wv, rv = self._wview, self._rview
+        cache = self.pool.cache
+        epoch = cache.epoch
+        waiting = []
+        for r in self.prefilling.values():
+            if r.view_version != r.version:
+                r.view, r.view_version = wv(r), r.version
+            waiting.append(r.view)
+        for r in self.waiting.values():
+            if r.match_epoch >= -1 and r.match_epoch != epoch and not r.host_tokens:
+                hit = self._match(r)[1]
+                r.match_epoch = epoch
+                if hit != r.cached_len:
+                    r.cached_len = hit
+                    r.version += 1
+            if r.view_version != r.version:
+                r.view, r.view_version = wv(r), r.version
+            waiting.append(r.view)
+        running = []
+        for r in self.running.values():
+            if r.view_version != r.version:
+                r.view, r.view_version = rv(r), r.version
+            running.append(r.view)
+        pool = self.pool
+        arr = self._arrivals
+        while arr and arr[0] < self.now - self.rate_window_s:
+            arr.popleft()
+        span = min(self.rate_window_s, max(self.now - (arr[0] if arr else self.now), 1.0))
+        return SchedulerView(
+            self.now,
+            tuple(waiting),
+            tuple(running),
+            PoolView(pool.capacity, pool.free, cache.evictable_tokens, pool.page_size),
+            len(arr) / span,
+            next(iter(self.prefilling)) if self.prefilling else None,
+        )
+
+    # --- request lifecycle ----------------------------------------------------------------------------------
+    def _arrive(self, spec: RequestSpec) -> None:
+        cap = self.pool.capacity
+        max_new = min(spec.max_new_tokens, cap - 2 - spec.prompt_len)
+        if spec.prompt_len <= 0 or spec.prompt_len >= cap - 6 or max_new < 1:
+            rec = SimRequest(spec, 1, (), (), None).record
+            rec.error = f"rejected: prompt of {spec.prompt_len} tokens does not fit the KV pool of {cap} tokens"
+            self.requests.append(rec)
+            self.stats.rejected += 1
+            return
+        bt = self.block_tokens
+        nblocks = -(-spec.prompt_len // bt)
+        lens = tuple(min(bt, spec.prompt_len - j * bt) for j in range(nblocks))
+        ids = tuple(spec.prefix_hash_ids[:nblocks])
+        blocks = ids + tuple((spec.rid, j) for j in range(len(ids), nblocks))
+        est = self.estimator(dataclasses.replace(spec, output_len=-1)) if self.estimator else None
+        r = SimRequest(spec, max_new, blocks, lens, est)
+        r.match_epoch = -1 if ids else -2  # -2: only its own (private) blocks, nothing to match until prefilled
+        self.requests.append(r)
+        self.waiting[r.rid] = r
+        self._arrivals.append(spec.arrival_s)
+
+    def _match(self, r: SimRequest) -> tuple[list, int]:
+        nodes, hit = self.pool.cache.match(r.blocks, r.block_lens)
+        while nodes and hit >= r.seq_len:  # at least one token is always computed (SGLang does the same)
+            hit -= min(nodes[-1].tokens, r.block_lens[len(nodes) - 1])
+            nodes.pop()
+        return nodes, hit
+
+    def _start_prefill(self, r: SimRequest) -> None:
+        del self.waiting[r.rid]
+        nodes, hit = self._match(r) if r.match_epoch >= -1 else ([], 0)
+        self.pool.cache.lock(nodes, self.now)
+        r.nodes, r.shared_len, r.kv_used, r.prefilled_len, r.cached_len = nodes, hit, hit, hit, hit
+        self.stats.cache_hit_tokens += hit
+        r.state = PREFILLING
+        r.version += 1
+        self.prefilling[r.rid] = r
+
+    def _grow(self, r: SimRequest, n: int) -> None:
+        private = r.kv_used - r.shared_len
+        try:
+            self.pool.alloc(self.pool.pages(private + n) - self.pool.pages(private))
+        except OverCommitError as e:
+            raise PolicyError(f"policy {self.policy.name!r} over-committed the KV pool ({r.rid}): {e}") from None
+        r.kv_used += n
+
+    def _complete_prefill(self, r: SimRequest) -> None:
+        del self.prefilling[r.rid]
+        self._insert_prompt(r)
+        r.output_len += 1
+        r.record.token_times_s.append(self.now)
+        r.state = RUNNING
+        self.running[r.rid] = r
+        if r.output_len >= r._finish_len:
+            self._finish(r)
+
+    def _insert_prompt(self, r: SimRequest) -> None:
+        """Publish the prompt's blocks (page-aligned) to the radix cache; a block another request published
+        meanwhile is shared and this request's copy freed (SGLang's insert de-duplicates the same way)."""
+        cache, pool, page = self.pool.cache, self.pool, self.pool.page_size
+        k = len(r.nodes)
+        if k and r.nodes[-1].tokens < r.block_lens[k - 1]:
+            return
+        parent = r.nodes[-1] if k else cache.root
+        for j in range(k, len(r.blocks)):
+            t = r.block_lens[j] // page * page
+            if t == 0:
+                return
+            child = parent.children.get(r.blocks[j])
+            private = r.kv_used - r.shared_len
+            if child is None:
+                child = cache.insert_child(parent, r.blocks[j], t, self.now)
+            elif child.tokens == t:
+                cache.lock([child], self.now)
+                pool.release(pool.pages(private) - pool.pages(private - t))
+            else:
+                return
+            r.nodes.append(child)
+            r.shared_len += t
+            parent = child
+
+    def _release_device(self, r: SimRequest) -> None:
+        self.pool.release(self.pool.pages(r.kv_used - r.shared_len))
+        self.pool.cache.unlock(r.nodes, self.now)
+        r.nodes = []
+        r.kv_used = r.shared_len = r.prefilled_len = r.cached_len = 0
+
+    def _finish(self, r: SimRequest) -> None:
+        del self.running[r.rid]
+        self._release_device(r)
+        r.state = rq.DONE
+        r.record.finish_s = self.now
+        self.policy.on_finish(r.rid, r.output_len)
+
+    def _preempt(self, rid: str, mode: PreemptMode) -> float:
+        r = self.running.pop(rid, None) or self.prefilling.pop(rid, None)
+        if r is None:
+            raise PolicyError(f"preempt of {rid!r}: it holds no KV (not running or prefilling)")
+        t = 0.0
+        tokens = r.kv_used
+        swap = mode == PreemptMode.SWAP and r.state == RUNNING
+        if swap and not self.pool.host_alloc(tokens):
+            swap = False
+            self.stats.swap_fallbacks += 1
+        self._release_device(r)
+        if swap:
+            r.host_tokens = tokens
+            t = self.latency.swap_s(tokens)
+            self.stats.swaps_out += 1
+        r.match_epoch = -1
+        r.state = WAITING
+        r.version += 1
+        r.record.preemptions += 1
+        self.stats.preemptions += 1
+        self.waiting[rid] = r
+        return t
+
+    def _swap_in(self, r: SimRequest) -> float:
+        del self.waiting[r.rid]
+        tokens = r.host_tokens
+        try:
+            self.pool.alloc(self.pool.pages(tokens))
+        except OverCommitError as e:
+            raise PolicyError(f"policy {self.policy.name!r} swapped {r.rid} in without room: {e}") from None
+        self.pool.host_release(tokens)
+        r.host_tokens = 0
+        r.kv_used = tokens
+        r.kv_allocated = max(r.kv_allocated, tokens)
+        r.version += 1
+        self.stats.swaps_in += 1
+        return self.latency.swap_s(tokens)
+
+    def _make_room_for_decode(self) -> float:
+        """Decode OOM: ask the policy for victims until the next decode step fits (SGLang's retract loop)."""
+        page = self.pool.page_size
+        extra = 0.0
+        for _ in range(len(self.running) + 1):
+            need = page * sum(1 for r in self.running.values() if (r.kv_used - r.shared_len) % page == 0)
+            if need <= self.pool.available or not self.running:
+                return extra
+            victims = self.policy.choose_victims(self._view(), need - self.pool.available)
+            if not victims:  # SGLang aborts the last request when even it cannot decode
+                r = next(reversed(self.running.values()))
+                del self.running[r.rid]
+                self._release_device(r)
+                r.state = rq.DONE
+                r.record.error = "aborted: out of KV memory even after retracting the other requests"
+                self.stats.aborted += 1
+                continue
+            for p in victims:
+                if p.rid not in self.running:
+                    raise PolicyError(f"victim {p.rid!r} is not running")
+                extra += self._preempt(p.rid, p.mode)
+        return extra
+
+    def check_invariants(self) -> None:
+        """Pool accounting: free + private pages + cache == capacity; nothing negative."""
+        pool = self.pool
+        private = 0
+        for d in (self.prefilling, self.running):
+            for r in d.values():
+                assert r.kv_used >= r.shared_len >= 0 and r.kv_allocated >= 0, r.rid
+                private += pool.pages(r.kv_used - r.shared_len)
+        for r in self.waiting.values():
+            assert r.kv_used == 0 and r.output_len >= 0
+        assert pool.free >= 0 and 0 <= pool.cache.evictable_tokens <= pool.cache.cached_tokens
+        assert pool.free + private + pool.cache.cached_tokens == pool.capacity, "KV pool accounting broken"
+        assert 0 <= pool.host_used <= pool.host_capacity

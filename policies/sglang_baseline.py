@@ -1,0 +1,222 @@
+"""``sglang``: SGLang 0.5.23's own scheduling, reproduced decision for decision from its source.
+
+Why: every ratio the project reports for CacheOPT (C1-C5) and AccelGen (A1-A3) is against this baseline, so it
+must be SGLang's behaviour and not a plausible cousin. Sources (installed wheel, ``sglang/srt/``):
+
+* ``managers/scheduler_components/new_token_ratio_tracker.py``: ``init = min(0.7 * conservativeness, 1)``,
+  ``min = init * 0.14``, ``decay = (init - min) / 600`` per decode step without retraction; after a retraction
+  ``(sum(out) + 20 * n) / (sum(max_new) + 1)`` over the requests kept; ``reset`` when the scheduler is idle.
+* ``managers/schedule_policy.py`` ``PrefillAdder`` / ``mem_cache/prefill_budget.py`` ``PrefillBudget``:
+  ``remaining_total = available + evictable - sum_running(min(max_new - out, CLIP) * ratio) - admitted``;
+  a request is admitted iff ``extend + min(max_new - out, CLIP) + page < remaining_total``; it is then charged
+  ``ceil_page(extend) + page + min(max_new, CLIP)`` (0 instead of ``max_new`` for a truncated chunk); the pass
+  stops on ``NO_TOKEN`` or when the chunk/input budgets are spent. The chunked request continues first with
+  ``min(rem_chunk, remaining_total)`` tokens. The prefix a candidate matched is pinned (not evictable).
+* ``managers/scheduler.py``: a formed prefill batch runs alone (mixed chunk is off by default), so admitting
+  means ``run_decodes=False``; ``batch_is_full`` after ``NO_TOKEN`` blocks admission until a request leaves.
+* ``managers/schedule_batch.py`` ``retract_decode``: victims in reverse of the keep-order
+  ``sorted(key=(len(output), -len(input)), reverse=True)``, at least one, never the last, until the next decode
+  step fits in ``available + evictable``.
+
+Divergences (documented, all small): requests carry no ``priority`` in the views, so
+``--retraction-policy priority`` orders exactly like ``length`` (SGLang does the same when no priority is set);
+``ignore_eos`` requests (ratio 1.0) do not exist in the views; the pin of a candidate's matched prefix assumes
+that prefix is evictable (unreferenced), which over-pins when a running request shares it; LPM sorts the
+host's queue order each pass (SGLang sorts its queue in place, so ties can keep an older order) and does not
+model the in-batch-prefix deprioritisation; ``max_running_requests`` (request slots) is an option, unbounded
+by default; the overlap scheduler's one-step lag is not modelled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from policies.base import Policy, register
+from policies.common import ceil_page, config_of, decode_need
+from policies.latency import LatencyModel
+from policies.views import Admit, IterationPlan, Preempt, SchedulerView, WaitingView
+
+# SGLang 0.5.23 environment defaults (sglang/srt/environ.py) and server_args defaults.
+INIT_NEW_TOKEN_RATIO = 0.7
+MIN_NEW_TOKEN_RATIO_FACTOR = 0.14
+NEW_TOKEN_RATIO_DECAY_STEPS = 600
+RETRACT_DECODE_STEPS = 20
+CLIP_MAX_NEW_TOKENS = 4096
+MAX_PREFILL_TOKENS = 16384
+LPM_QUEUE_LIMIT = 128  # WAITING_QUEUE_PREFIX_MATCH_MAX: above it LPM falls back to FCFS
+
+_CONTINUE, _NO_TOKEN, _OTHER = 0, 1, 2
+_EMPTY = IterationPlan()
+
+
+class NewTokenRatio:
+    """The admission-estimate ratio SGLang keeps across iterations (its ``NewTokenRatioTracker``)."""
+
+    __slots__ = ("current", "decay", "init", "min")
+
+    def __init__(self, conservativeness: float, init_ratio: float, min_factor: float, decay_steps: int) -> None:
+        self.init = min(init_ratio * conservativeness, 1.0)
+        self.min = min(self.init * min_factor, 1.0)
+        self.decay = (self.init - self.min) / decay_steps
+        self.current = self.init
+
+    def decay_step(self) -> None:
+        self.current = max(self.current - self.decay, self.min)
+
+    def reset(self) -> None:
+        self.current = self.init
+
+
+@register("sglang")
+class SGLangPolicy(Policy):
+    """SGLang 0.5.23's ``SchedulePolicy`` + ``PrefillAdder`` + ``retract_decode`` (see module docstring)."""
+
+    def __init__(self, latency: LatencyModel, **options: Any) -> None:
+        super().__init__(latency, **options)
+        cfg = config_of(options).sglang
+        self.schedule_policy = cfg.schedule_policy
+        self.chunked_prefill_size = int(options.get("chunked_prefill_size", cfg.chunked_prefill_size))
+        self.max_prefill_tokens = int(options.get("max_prefill_tokens", MAX_PREFILL_TOKENS))
+        self.max_running_requests: int | None = options.get("max_running_requests")
+        self.clip = int(options.get("clip_max_new_tokens", CLIP_MAX_NEW_TOKENS))
+        self.retract_decode_steps = int(options.get("retract_decode_steps", RETRACT_DECODE_STEPS))
+        self.ratio = NewTokenRatio(
+            cfg.schedule_conservativeness,
+            float(options.get("init_new_token_ratio", INIT_NEW_TOKEN_RATIO)),
+            float(options.get("min_new_token_ratio_factor", MIN_NEW_TOKEN_RATIO_FACTOR)),
+            int(options.get("new_token_ratio_decay_steps", NEW_TOKEN_RATIO_DECAY_STEPS)),
+        )
+        self.batch_is_full = False
+        self._decode_pending = False  # the last plan let a decode step run: decay unless it retracted
+
+    # --- admission ------------------------------------------------------------------------------------------
+    def plan(self, view: SchedulerView) -> IterationPlan:
+        if self._decode_pending:  # update_running_batch's decay_step for the decode that followed the last plan
+            self.ratio.decay_step()
+            self._decode_pending = False
+        running = view.running
+        if not running:
+            self.batch_is_full = False
+        chunked = None
+        queue: list[WaitingView] = []
+        for w in view.waiting:
+            if w.rid == view.chunked_rid:
+                chunked = w
+            else:
+                queue.append(w)
+        if chunked is None and (self.batch_is_full or not queue):
+            return self._no_batch(view)
+
+        pool = view.pool
+        page = pool.page_size
+        ratio = self.ratio.current
+        clip = self.clip
+        avail = pool.free_tokens + pool.evictable_tokens
+        evictable = pool.evictable_tokens
+        offset_total = sum([(min(r.max_new_tokens - r.output_len, clip)) * ratio for r in running])
+        offset_current = 0
+        rem_chunk = self.chunked_prefill_size
+        rem_input = self.max_prefill_tokens
+        admits: list[Admit] = []
+
+        if chunked is not None:  # PrefillAdder.add_chunked_req
+            rem = min(rem_chunk, int(avail - offset_total))
+            if rem <= 0:
+                rem = rem_chunk
+            cand = chunked.seq_len - chunked.prefilled_len
+            truncated = cand > rem
+            new_len = min(cand, rem)
+            ext = ceil_page(new_len, page)
+            max_new = 0 if truncated else min(chunked.max_new_tokens, clip)
+            offset_total += ext + page + max_new
+            offset_current += ext + page
+            rem_chunk -= ext
+            rem_input -= ext
+            admits.append(Admit(chunked.rid, new_len, reserve_tokens=chunked.prefilled_len + ext + page))
+
+        if queue and not self.batch_is_full:
+            if self.schedule_policy == "lpm" and len(queue) <= LPM_QUEUE_LIMIT:
+                queue.sort(key=lambda w: -w.cached_len)
+            slots = None
+            if self.max_running_requests is not None:
+                slots = self.max_running_requests - len(running) - (1 if chunked is not None else 0)
+            for w in queue:
+                rt = avail - offset_total
+                if rt > 0 and (rem_input <= 0 or rem_chunk <= 0):
+                    break  # budget_state() == OTHER at the top of the loop (capacity left, compute spent)
+                if slots is not None and len(admits) >= slots:
+                    self.batch_is_full = True
+                    break
+                # add_one_req: check against the whole request, with its matched prefix pinned
+                max_new = min(max(w.max_new_tokens - w.output_len, 0), clip)
+                prefix = w.cached_len
+                extend = w.seq_len - prefix
+                pin = min(prefix, evictable)
+                if not (extend + max_new + page < rt - pin):
+                    self.batch_is_full = bool(admits) or bool(running)
+                    break
+                input_tokens = ceil_page(extend, page)
+                reserve_new = min(w.max_new_tokens, clip)
+                if input_tokens > rem_chunk:  # _select_prefill_admission: truncate to a chunk
+                    ext_len = rem_chunk // page * page
+                    ext_len = (prefix + ext_len) // page * page - prefix
+                    if ext_len <= 0:
+                        break
+                    reserve_new = 0
+                else:
+                    ext_len = extend
+                evictable -= pin
+                avail -= pin
+                ext = ceil_page(ext_len, page)
+                offset_total += ext + page + reserve_new
+                offset_current += ext + page
+                rem_chunk -= ext
+                rem_input -= ext
+                admits.append(Admit(w.rid, ext_len, reserve_tokens=w.seq_len + page + reserve_new))
+                if avail - offset_total <= 0 or avail - offset_current <= 0:
+                    self.batch_is_full = True  # next candidate would get NO_TOKEN with this batch non-empty
+                    break
+                if ext_len < extend:
+                    break  # the truncated request spent the chunk budget
+
+        if not admits:
+            return self._no_batch(view)
+        return IterationPlan(admit=tuple(admits), token_budget=self.chunked_prefill_size, run_decodes=False)
+
+    def _no_batch(self, view: SchedulerView) -> IterationPlan:
+        if view.running:
+            self._decode_pending = True
+            return _EMPTY
+        self.ratio.reset()  # nothing to run: the scheduler's idle self-check resets the ratio
+        return _EMPTY
+
+    # --- retraction -----------------------------------------------------------------------------------------
+    def choose_victims(self, view: SchedulerView, tokens_needed: int) -> tuple[Preempt, ...]:
+        """``retract_decode``: drop the least-preferred request (fewest outputs, then longest prompt) until the
+        next decode step fits; keep at least one. Sets the ratio to the after-retraction estimate."""
+        running = view.running
+        page = view.pool.page_size
+        keep = sorted(range(len(running)), key=lambda i: (running[i].output_len, -running[i].prompt_len), reverse=True)
+        avail = view.pool.available_tokens
+        need = decode_need(running, page)
+        victims: list[Preempt] = []
+        first = True
+        while first or avail < need:
+            if len(keep) <= 1:
+                break
+            first = False
+            r = running[keep.pop()]
+            victims.append(Preempt(r.rid))
+            avail += r.kv_used
+            if r.kv_used % page == 0:
+                need -= page
+        kept = [running[i] for i in keep]
+        decoded = sum(r.output_len for r in kept)
+        max_new = sum(r.max_new_tokens for r in kept)
+        self.ratio.current = min(1.0, (decoded + self.retract_decode_steps * len(kept)) / (max_new + 1))
+        self._decode_pending = False
+        self.batch_is_full = False
+        return tuple(victims)
+
+    def on_finish(self, rid: str, output_len: int) -> None:
+        self.batch_is_full = False  # a request left the running batch
