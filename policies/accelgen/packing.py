@@ -49,11 +49,12 @@ def pack(
     *,
     window: int = 8,
     multi_resource: bool = True,
+    strict: bool = False,
 ) -> tuple[list[Admit], int]:
     """Choose admissions. ``chunk_tokens``: prefill tokens this iteration (budget after decodes); ``kv_free``:
     KV tokens free for the score; ``fit(c, t)``: the largest ``t' <= t`` that keeps the iteration within its SLO
     limit (A1's check on the actual shape); ``on_admit(c, t)`` is told of each admission. Returns the admissions
-    and the prefill tokens used."""
+    and the prefill tokens used. ``strict``: every refusal stops the pass (no backfilling; the Oracle's order)."""
     admits: list[Admit] = []
     left, k_left = chunk_tokens, kv_free
     b0, k0 = max(chunk_tokens, 1), max(kv_free, 1)
@@ -78,7 +79,7 @@ def pack(
             break  # not one more token fits the SLO limit
         adm = gate.admit(c.req, t)
         if adm is None:
-            if c.tier <= TIER_RESUME:
+            if strict or c.tier <= TIER_RESUME:
                 break
             continue
         admits.append(adm)

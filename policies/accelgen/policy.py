@@ -51,6 +51,8 @@ class AccelGenPolicy(Policy):
         if options.get("online_refit") and isinstance(latency, IterationLatencyModel):
             self.fitter = OnlineLatencyFitter(latency, refit_every=self.cfg.refit_interval)
         self._min_tbt_cache: dict[int, float] = {}
+        self.packing = True  # subclasses that fix their own order (the Oracle) turn A3's window off
+        self.strict = False  # ... and stop at the first refusal instead of backfilling
 
     # --- A1 online refit --------------------------------------------------------------------------------------
     def observe_iteration(self, shape: BatchShape, seconds: float) -> None:
@@ -97,11 +99,9 @@ class AccelGenPolicy(Policy):
         return (None if tight is None else tight / 1e3), best_effort
 
     # --- Policy -----------------------------------------------------------------------------------------------
-    def plan(self, view: SchedulerView) -> IterationPlan:
+    def order(self, view: SchedulerView, limit_s: float | None) -> tuple[list[Candidate], float | None]:
+        """A2: the waiting queue in admission order and the binding SLO (ms) used for grouping."""
         cfg = self.cfg
-        self.gate.begin(view)
-        decode_ctx = tuple(r.seq_len for r in view.running)
-        limit_s, best_effort = self.iteration_limit_s(view)
         feasible = {w.rid: self.feasible_tbt(w.slo.tbt_ms, w.seq_len) for w in view.waiting if w.slo.tbt_ms}
         cands, binding_ms = order_waiting(
             view,
@@ -115,6 +115,14 @@ class AccelGenPolicy(Policy):
         )
         if not cfg.slo_priority:  # A2 off: first come, first served (chunked request still first)
             cands.sort(key=lambda c: (c.tier != 0, c.req.arrival_s))
+        return cands, binding_ms
+
+    def plan(self, view: SchedulerView) -> IterationPlan:
+        cfg = self.cfg
+        self.gate.begin(view)
+        decode_ctx = tuple(r.seq_len for r in view.running)
+        limit_s, best_effort = self.iteration_limit_s(view)
+        cands, binding_ms = self.order(view, limit_s)
         nd = len(decode_ctx)
         if cfg.dynamic_chunk:
             budget = self.sizer.budget(limit_s, decode_ctx, cands[0].ctx if cands else 0)
@@ -144,14 +152,15 @@ class AccelGenPolicy(Policy):
 
         kv_free = view.pool.available_tokens - view.pool.reserve_tokens - nd
         admits, used = pack(
-            cands,
+            [c for c in cands if c.req.seq_len < view.pool.capacity_tokens - nd],  # the rest can never fit
             max(budget - nd, 0),
             kv_free,
             self.gate,
             fit,
             record,
             window=cfg.pack_window,
-            multi_resource=cfg.multi_resource,
+            multi_resource=cfg.multi_resource and self.packing,
+            strict=self.strict,
         )
         notes = {"budget": float(budget), "prefill_tokens": float(used), "decodes": float(nd)}
         if limit_s is not None:
@@ -166,3 +175,8 @@ class AccelGenPolicy(Policy):
 
     def choose_victims(self, view: SchedulerView, tokens_needed: int) -> tuple[Preempt, ...]:
         return self.gate.victims(view, tokens_needed)
+
+    def on_finish(self, rid: str, output_len: int) -> None:
+        hook = getattr(self.gate, "on_finish", None)  # gates with a ledger (CacheOPT) release the allocation
+        if hook is not None:
+            hook(rid)
