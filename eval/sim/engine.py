@@ -246,7 +246,7 @@ class Simulator:
             self.requests.append(rec)
             self.stats.rejected += 1
             return
-        bt = self.block_tokens
+        bt = spec.prefix_block_tokens if spec.prefix_hash_ids and spec.prefix_block_tokens > 0 else self.block_tokens
         nblocks = -(-spec.prompt_len // bt)
         lens = tuple(min(bt, spec.prompt_len - j * bt) for j in range(nblocks))
         ids = tuple(spec.prefix_hash_ids[:nblocks])
