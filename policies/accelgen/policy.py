@@ -84,21 +84,27 @@ class AccelGenPolicy(Policy):
             return None
         return tbt_ms
 
-    def iteration_limit_s(self, view: SchedulerView) -> tuple[float | None, int]:
-        """(tightest feasible TBT SLO among running requests in seconds or None, best-effort count)."""
-        tight: float | None = None
+    def iteration_limit_s(
+        self, view: SchedulerView, decode_ctx: tuple[int, ...] | None = None
+    ) -> tuple[float | None, int]:
+        """(tightest feasible TBT SLO among running requests in seconds or None, best-effort count).
+        Only SLOs below the minimum TBT at the longest context need a per-request feasibility check."""
+        ctx = decode_ctx if decode_ctx is not None else tuple(r.seq_len for r in view.running)
+        if not ctx:
+            return None, 0
+        slos = [r.slo.tbt_ms for r in view.running]
+        m_hi = self._min_tbt_ms(max(ctx))
+        tight = min((t for t in slos if t is not None and t >= m_hi), default=None)
         best_effort = 0
-        for r in view.running:
-            t = r.slo.tbt_ms
-            if t is None:
+        for t, c in zip(slos, ctx, strict=True):
+            if t is None or t >= m_hi:
                 continue
-            if self.feasible_tbt(t, r.seq_len) is None:
+            if t < self._min_tbt_ms(c):
                 best_effort += 1
             elif tight is None or t < tight:
                 tight = t
         return (None if tight is None else tight / 1e3), best_effort
 
-    # --- Policy -----------------------------------------------------------------------------------------------
     def order(self, view: SchedulerView, limit_s: float | None) -> tuple[list[Candidate], float | None]:
         """A2: the waiting queue in admission order and the binding SLO (ms) used for grouping."""
         cfg = self.cfg
@@ -121,7 +127,7 @@ class AccelGenPolicy(Policy):
         cfg = self.cfg
         self.gate.begin(view)
         decode_ctx = tuple(r.seq_len for r in view.running)
-        limit_s, best_effort = self.iteration_limit_s(view)
+        limit_s, best_effort = self.iteration_limit_s(view, decode_ctx)
         cands, binding_ms = self.order(view, limit_s)
         nd = len(decode_ctx)
         if cfg.dynamic_chunk:
