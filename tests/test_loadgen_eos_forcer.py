@@ -90,7 +90,9 @@ def test_target_one_is_eos_alone_and_cap_still_wins() -> None:
 def test_rows_are_independent_and_unmarked_rows_untouched() -> None:
     a = SimpleNamespace(origin_input_ids=[1] * 5, output_ids=[], full_untruncated_fill_ids=[0] * 5, extend_end=5,
                         decode_batch_idx=0, eos_token_ids={EOS}, tokenizer=None)  # fmt: skip
-    b = SimpleNamespace(**{**vars(a), "origin_input_ids": [1] * 3, "full_untruncated_fill_ids": [0] * 3, "extend_end": 3})
+    b = SimpleNamespace(
+        **{**vars(a), "origin_input_ids": [1] * 3, "full_untruncated_fill_ids": [0] * 3, "extend_end": 3}
+    )
     logits = torch.zeros(3, VOCAB)
     out = ForceEosAtLength()(logits, [{"target_len": 1, "__req__": a}, {"target_len": 4, "__req__": b}, None])
     assert int(out[0].argmax()) == EOS and torch.isinf(out[0]).sum() == VOCAB - 1
