@@ -1,0 +1,90 @@
+"""Training a small length model in seconds, save/load checks, the split, and the simulator-side estimator."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from predictors.data import load_prompts, split_of
+from predictors.features import FeatureSpec, FeatureVersionError
+from predictors.model import META_FILE, LengthModel, TrainParams
+from predictors.synthetic import make_estimator
+from predictors.train import train
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "prompts"
+MISTRAL = str(DATA / "alpacaeval_Mistral-7B-Instruct-v0.2.json")
+LLAMA = str(DATA / "alpacaeval_Meta-Llama-3-8B-Instruct.json")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("model")
+    t0 = time.perf_counter()
+    train([MISTRAL], str(out), spec=FeatureSpec(n_hash=64), params=TrainParams(rounds=40))
+    assert time.perf_counter() - t0 < 30
+    return out
+
+
+def test_split_is_by_instruction_and_never_leaks() -> None:
+    ps = load_prompts([MISTRAL, LLAMA])
+    by_ins: dict[str, set[str]] = {}
+    for ins, sp in zip(ps.instructions, ps.split, strict=True):
+        by_ins.setdefault(ins, set()).add(str(sp))
+    assert all(len(s) == 1 for s in by_ins.values())
+    shares = {s: float(np.mean(ps.split == s)) for s in ("train", "calib", "test")}
+    assert 0.5 < shares["train"] < 0.7 and 0.12 < shares["test"] < 0.28
+    assert split_of("x") == split_of("x") and split_of("x", salt="a") in ("train", "calib", "test")
+
+
+def test_trained_model_predicts_and_round_trips(model_dir: Path) -> None:
+    m = LengthModel.load(model_dir)
+    X, _ = m.featurizer.from_texts(["Write a 1000 word essay about the ocean.", "Is 7 prime? Answer yes or no."])
+    pred = m.predict(X)
+    assert (pred.point >= 1).all() and (pred.spread >= 1).all()
+    assert (np.diff(pred.quantiles, axis=1) >= 0).all()
+    assert m.meta["calib_source"].startswith("alpacaeval_Mistral")
+    assert json.loads((model_dir / "residuals.json").read_text())["true"]
+
+
+def test_model_learns_something(model_dir: Path) -> None:
+    """Better than predicting the training median for everyone, on held-out test instructions."""
+    m = LengthModel.load(model_dir)
+    ps = load_prompts([MISTRAL], max_new_tokens=4096)
+    te, tr = ps.subset(ps.split == "test"), ps.subset(ps.split == "train")
+    X, _ = m.featurizer.from_texts(te.instructions)
+    mae = np.abs(m.predict(X).point - te.output_len).mean()
+    assert mae < np.abs(np.median(tr.output_len) - te.output_len).mean()
+
+
+def test_loading_another_feature_version_fails(model_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in model_dir.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    meta = json.loads((bad / META_FILE).read_text())
+    meta["feature_spec"]["version"] = 999
+    (bad / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(FeatureVersionError, match="feature version 999"):
+        LengthModel.load(bad)
+    meta["feature_spec"]["version"] = 1
+    meta["tokenizer_id"] = "other.model:0000"
+    (bad / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(FeatureVersionError, match="tokenizer"):
+        LengthModel.load(bad)
+
+
+def test_synthetic_estimator_is_seeded_and_calibrated_like_the_model(model_dir: Path) -> None:
+    est_a = make_estimator(model_dir, "conformal", seed=3)
+    est_b = make_estimator(model_dir, "conformal", seed=3)
+    rng = np.random.default_rng(0)
+    true = rng.choice(json.loads((model_dir / "residuals.json").read_text())["true"], 2000)
+    a = [est_a(int(t), 4096, 0.0) for t in true]
+    assert a == [est_b(int(t), 4096, 0.0) for t in true]
+    assert all(e.point <= e.bound <= 4096 for e in a)
+    cov = np.mean([t <= e.bound for t, e in zip(true, a, strict=True)])
+    assert cov >= 0.9  # conf 0.95 on the calibration distribution itself
+    assert est_a(100, 4096, 1000.0).confidence == pytest.approx(0.95 / 2)
