@@ -1,5 +1,77 @@
-"""Entry point for SGLang's plugin group ``sglang.srt.plugins`` (placeholder until hooks land)."""
+"""The plugin's entry point, registered under SGLang's entry-point group ``sglang.srt.plugins``.
+
+SGLang calls :func:`load` in the launcher before argument parsing and again in the scheduler, detokenizer and
+DP-controller processes. It only registers hooks (SGLang applies them); nothing is patched from outside the plugin
+system and no SGLang file is edited.
+
+Launcher: an AFTER hook on ``ServerArgs.add_cli_args`` adds the ``--ext-*`` group; an AROUND hook on
+``ServerArgs.from_cli_args`` validates the flags into one :class:`~policies.config.ExtConfig` (a bad value ends
+start-up with one line naming the flag), publishes it for the child processes, adjusts the SGLang settings the
+policy needs (mixed chunked prefill for policies that batch decodes with prefill chunks) and starts the predictor
+service when asked. Scheduler: the adapter hooks in :mod:`sglang_ext.adapter.hooks`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+from typing import Any
+
+logger = logging.getLogger("sglang_ext")
+
+MIXED_CHUNK_POLICIES = ("vllm", "sarathi", "accelgen", "cacheopt+accelgen")
+
+
+def _after_add_cli_args(result: Any, parser: Any, *args: Any, **kwargs: Any) -> None:
+    from sglang_ext.config import add_cli_args
+
+    add_cli_args(parser)
+
+
+def _around_from_cli_args(original: Any, cls: Any, args: Any, *rest: Any, **kwargs: Any) -> Any:
+    from sglang_ext import config
+
+    try:
+        cfg = config.from_namespace(args)
+    except config.ConfigError as e:
+        print(f"sglang_ext: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    config.publish(cfg)
+    server_args = original(cls, args, *rest, **kwargs)
+    if cfg.policy in MIXED_CHUNK_POLICIES and not server_args.enable_mixed_chunk:
+        server_args.enable_mixed_chunk = True
+        logger.info("sglang_ext: --ext-policy %s batches decodes with prefill chunks: mixed chunk on", cfg.policy)
+    if cfg.enabled and cfg.predictor.mode == "service" and not cfg.predictor.endpoint:
+        _start_predictor_service(cfg)
+    return server_args
+
+
+def _start_predictor_service(cfg: Any) -> None:
+    from eval.server import free_port
+    from predictors.client import spawn
+
+    if not cfg.predictor.model_path:
+        print("sglang_ext: --ext-predictor-mode service needs --ext-predictor-model-path (or an endpoint)",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)
+    if not os.path.isdir(cfg.predictor.model_path):
+        print(f"sglang_ext: --ext-predictor-model-path {cfg.predictor.model_path}: no such directory", file=sys.stderr)
+        raise SystemExit(2)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    proc = spawn(cfg.predictor.model_path, endpoint)
+    os.environ["SGLANG_EXT_PREDICTOR_ENDPOINT"] = endpoint
+    atexit.register(proc.terminate)
+    logger.info("sglang_ext: predictor service pid=%d at %s", proc.pid, endpoint)
 
 
 def load() -> None:
-    return None
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    from sglang_ext.adapter.hooks import SCHEDULER_HOOKS
+
+    HookRegistry.register("sglang.srt.server_args.ServerArgs.add_cli_args", _after_add_cli_args, HookType.AFTER)
+    HookRegistry.register("sglang.srt.server_args.ServerArgs.from_cli_args", _around_from_cli_args, HookType.AROUND)
+    for target, fn, kind in SCHEDULER_HOOKS:
+        HookRegistry.register(target, fn, HookType[kind])

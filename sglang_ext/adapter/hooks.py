@@ -1,0 +1,135 @@
+"""The hook functions the plugin registers on SGLang 0.5.23 (targets listed in :data:`SCHEDULER_HOOKS`).
+
+Each hook is a thin seam: with no adapter (``--ext-policy none``) it calls the original and changes nothing, so
+the server is stock SGLang.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from policies.views import SLO
+from sglang_ext.adapter.state import Adapter
+
+logger = logging.getLogger("sglang_ext")
+
+_ADAPTER: Adapter | None = None
+
+SCHED = "sglang.srt.managers.scheduler.Scheduler"
+POLICY = "sglang.srt.managers.schedule_policy.SchedulePolicy"
+BATCH = "sglang.srt.managers.schedule_batch.ScheduleBatch"
+
+
+def adapter() -> Adapter | None:
+    return _ADAPTER
+
+
+def after_scheduler_init(result: Any, sched: Any, *args: Any, **kwargs: Any) -> None:
+    global _ADAPTER
+    from sglang_ext import config
+
+    cfg = config.current()
+    if not cfg.enabled:
+        return
+    _ADAPTER = Adapter(
+        cfg,
+        {
+            "chunked_prefill_size": sched.chunked_prefill_size,
+            "max_prefill_tokens": getattr(sched, "max_prefill_tokens", None),
+            "max_running_requests": getattr(sched, "max_running_requests", None),
+        },
+    )
+    from sglang_ext.adapter.prefill import PolicyPrefillAdder
+
+    PolicyPrefillAdder.adapter = _ADAPTER
+
+
+def around_prefill_raw(original: Any, sched: Any, *args: Any, **kwargs: Any) -> Any:
+    a = _ADAPTER
+    running_batch = kwargs.get("running_batch", args[1] if len(args) > 1 else None)
+    if a is None or running_batch is None or (not sched.waiting_queue and sched.chunked_req is None):
+        return original(sched, *args, **kwargs)
+    plan = a.make_plan(sched, running_batch)
+    saved = sched.chunked_prefill_size
+    if plan.token_budget is not None and saved is not None:
+        sched.chunked_prefill_size = max(int(plan.token_budget), 1)
+    try:
+        return original(sched, *args, **kwargs)
+    finally:
+        sched.chunked_prefill_size = saved
+        a.plan = None
+        a.plan_rank = {}
+
+
+def around_calc_priority(original: Any, policy: Any, waiting_queue: list[Any], *args: Any, **kwargs: Any) -> Any:
+    result = original(policy, waiting_queue, *args, **kwargs)
+    a = _ADAPTER
+    if a is not None and a.plan is not None:
+        rank = a.plan_rank
+        last = len(rank)
+        waiting_queue.sort(key=lambda r: rank.get(r.rid, last))  # stable: the rest keep SGLang's order
+    return result
+
+
+def around_adder_class(original: Any, sched: Any, *args: Any, **kwargs: Any) -> Any:
+    if _ADAPTER is None:
+        return original(sched, *args, **kwargs)
+    from sglang_ext.adapter.prefill import PolicyPrefillAdder
+
+    return PolicyPrefillAdder
+
+
+_RETRACTING: list[Any] = []
+
+
+def around_retract_decode(original: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
+    _RETRACTING.append(batch)
+    try:
+        result = original(batch, *args, **kwargs)
+    finally:
+        _RETRACTING.pop()
+    if _ADAPTER is not None:
+        _ADAPTER.counters["retractions"] += len(result[0])
+    return result
+
+
+def around_retraction_order(original: Any, reqs: list[Any]) -> list[int]:
+    default = original(reqs)
+    if _ADAPTER is None or not _RETRACTING:
+        return default
+    return _ADAPTER.retraction_order(_RETRACTING[-1], reqs, default)
+
+
+def after_add_request(result: Any, sched: Any, req: Any, *args: Any, **kwargs: Any) -> None:
+    if _ADAPTER is not None:
+        _ADAPTER.on_arrival(req)
+
+
+def after_sampling_verify(result: Any, params: Any, *args: Any, **kwargs: Any) -> None:
+    """Per-request SLOs are validated where SGLang validates sampling params: a ValueError here is an HTTP 400
+    naming the field."""
+    custom = getattr(params, "custom_params", None) or {}
+    if not isinstance(custom, dict):
+        return
+    for key in ("ttft_slo_ms", "tbt_slo_ms"):
+        if key not in custom or custom[key] is None:
+            continue
+        value = custom[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"custom_params.{key} must be a number of milliseconds, got {value!r}")
+        if not value > 0:
+            raise ValueError(f"custom_params.{key} must be > 0 ms, got {value!r}")
+    SLO(custom.get("ttft_slo_ms"), custom.get("tbt_slo_ms"))
+
+
+SCHEDULER_HOOKS = (
+    (f"{SCHED}.__init__", after_scheduler_init, "AFTER"),
+    (f"{SCHED}._get_new_batch_prefill_raw", around_prefill_raw, "AROUND"),
+    (f"{SCHED}.get_prefill_adder_class", around_adder_class, "AROUND"),
+    (f"{SCHED}._add_request_to_queue", after_add_request, "AFTER"),
+    (f"{POLICY}.calc_priority", around_calc_priority, "AROUND"),
+    (f"{BATCH}.retract_decode", around_retract_decode, "AROUND"),
+    (f"{BATCH}._get_decode_retraction_order", around_retraction_order, "AROUND"),
+    ("sglang.srt.sampling.sampling_params.SamplingParams.verify", after_sampling_verify, "AFTER"),
+)

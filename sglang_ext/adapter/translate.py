@@ -1,0 +1,98 @@
+"""Translate SGLang's scheduler state into the policies' views. Reads only; decides nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from policies.views import SLO, LengthEstimate, PoolView, RunningView, SchedulerView, WaitingView
+
+SLO_KEYS = ("ttft_slo_ms", "tbt_slo_ms")
+
+
+def request_slo(req: Any, default: SLO) -> SLO:
+    """Per-request SLOs travel in ``sampling_params.custom_params`` (validated at the HTTP layer)."""
+    params = getattr(req.sampling_params, "custom_params", None) or {}
+    ttft = params.get("ttft_slo_ms")
+    tbt = params.get("tbt_slo_ms")
+    return SLO(
+        ttft_ms=float(ttft) if ttft is not None else default.ttft_ms,
+        tbt_ms=float(tbt) if tbt is not None else default.tbt_ms,
+    )
+
+
+def waiting_view(
+    req: Any, arrival_s: float, slo: SLO, estimate: LengthEstimate | None, first_token_s: float | None
+) -> WaitingView:
+    return WaitingView(
+        rid=req.rid,
+        arrival_s=arrival_s,
+        prompt_len=len(req.origin_input_ids),
+        max_new_tokens=int(req.sampling_params.max_new_tokens or 0),
+        slo=slo,
+        cached_len=int(getattr(req, "prefix_len", 0) or 0),
+        output_len=len(req.output_ids),
+        estimate=estimate,
+        first_token_s=first_token_s,
+    )
+
+
+def running_view(
+    req: Any,
+    arrival_s: float,
+    slo: SLO,
+    estimate: LengthEstimate | None,
+    out_alloc: int | None,
+    last_token_s: float | None,
+    first_token_s: float | None,
+) -> RunningView:
+    prompt = len(req.origin_input_ids)
+    out = len(req.output_ids)
+    used = prompt + out
+    return RunningView(
+        rid=req.rid,
+        arrival_s=arrival_s,
+        prompt_len=prompt,
+        output_len=out,
+        max_new_tokens=int(req.sampling_params.max_new_tokens or 0),
+        kv_used=used,
+        kv_allocated=max(used, prompt + out_alloc) if out_alloc is not None else used,
+        slo=slo,
+        estimate=estimate,
+        last_token_s=last_token_s,
+        first_token_s=first_token_s,
+        cached_len=int(getattr(req, "prefix_len", 0) or 0),
+    )
+
+
+def pool_view(allocator: Any, tree_cache: Any, reserve_tokens: int = 0) -> PoolView:
+    evictable = tree_cache.evictable_size() if tree_cache is not None else 0
+    return PoolView(
+        capacity_tokens=int(allocator.size),
+        free_tokens=int(allocator.available_size()),
+        evictable_tokens=int(evictable),
+        page_size=int(getattr(allocator, "page_size", 1)),
+        reserve_tokens=reserve_tokens,
+    )
+
+
+def scheduler_view(
+    now_s: float,
+    waiting: list[WaitingView],
+    running: list[RunningView],
+    pool: PoolView,
+    arrival_rate: float,
+    chunked_rid: str | None,
+) -> SchedulerView:
+    return SchedulerView(
+        now_s=now_s,
+        waiting=tuple(waiting),
+        running=tuple(running),
+        pool=pool,
+        arrival_rate=arrival_rate,
+        chunked_rid=chunked_rid,
+    )
+
+
+def index_by_rid(reqs: list[Any]) -> Mapping[str, int]:
+    return {r.rid: i for i, r in enumerate(reqs)}
