@@ -51,13 +51,14 @@ class ExactKVGate:
 
     def begin(self, view: SchedulerView) -> None:
         self._page = view.pool.page_size
-        growth = sum(max(r.prompt_len + true_output(r) - r.kv_used, 0) for r in view.running)
+        page = self._page
+        growth = sum(ceil_page(max(r.prompt_len + true_output(r) - r.kv_used, 0), page) + page for r in view.running)
         self._in_progress = {w.rid for w in view.waiting if w.prefilled_len > 0 and not w.swapped_out}
         growth += sum(self.lifetime(w) - w.prefilled_len for w in view.waiting if w.rid in self._in_progress)
         self._left = view.pool.available_tokens - growth
 
     def lifetime(self, req: WaitingView) -> int:
-        return ceil_page(req.prompt_len + true_output(req), self._page)
+        return ceil_page(req.prompt_len + true_output(req), self._page) + self._page
 
     def admit(self, req: WaitingView, prefill_tokens: int) -> Admit | None:
         if req.rid in self._in_progress:  # its lifetime was reserved at begin()

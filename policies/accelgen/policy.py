@@ -14,8 +14,9 @@ after the decodes goes to prefill chunks. Steps:
    plus the decodes) and shrunk until the predicted time meets the limit, so the plan's predicted iteration time
    never exceeds the tightest included SLO whenever a ``min_budget``-sized iteration fits at all.
 
-The gate (default :class:`PhysicalKVGate`) makes every KV decision: admissions, top-ups and victims. The combined
-``cacheopt+accelgen`` mode is this class with CacheOPT's gate (:mod:`policies.combined`); no special cases.
+The gate (default :class:`~policies.accelgen.gate.PagedPhysicalGate`, the physical gate in pages) makes every KV
+decision: admissions, top-ups and victims. The combined ``cacheopt+accelgen`` mode is this class with CacheOPT's
+gate (:mod:`policies.combined`); no special cases.
 
 Online refit (A1): a host that measures its iterations calls :meth:`AccelGenPolicy.observe_iteration`; with an
 :class:`~policies.latency.IterationLatencyModel` the policy refits every ``refit_interval`` measurements
@@ -27,12 +28,13 @@ from __future__ import annotations
 from typing import Any
 
 from policies.accelgen.chunk import ChunkSizer, min_feasible_tbt_ms
+from policies.accelgen.gate import PagedPhysicalGate
 from policies.accelgen.packing import pack
 from policies.accelgen.priority import Candidate, order_waiting
 from policies.base import Policy, register
 from policies.common import config_of
 from policies.config import AccelGenConfig
-from policies.kv_gate import KVGate, PhysicalKVGate
+from policies.kv_gate import KVGate
 from policies.latency import BatchShape, IterationLatencyModel, LatencyModel, OnlineLatencyFitter
 from policies.views import IterationPlan, Preempt, SchedulerView
 
@@ -45,7 +47,7 @@ class AccelGenPolicy(Policy):
     def __init__(self, latency: LatencyModel, **options: Any) -> None:
         super().__init__(latency, **options)
         self.cfg: AccelGenConfig = config_of(options).accelgen
-        self.gate: KVGate = options.get("gate") or PhysicalKVGate()
+        self.gate: KVGate = options.get("gate") or PagedPhysicalGate()
         self.sizer = ChunkSizer(latency, self.cfg.min_budget, self.cfg.max_budget)
         self.fitter: OnlineLatencyFitter | None = None
         if options.get("online_refit") and isinstance(latency, IterationLatencyModel):
