@@ -17,7 +17,8 @@ swap-in, ``seq_len - cached_len`` tokens of physical KV). Two guarantees per pas
 
 * accounting: ``committed + reserve_left <= capacity`` is never broken by an admission or a top-up
   (see :mod:`policies.cacheopt.allocation`);
-* physical: admitted chunks (+ one decode slot per running request) never exceed ``free + evictable`` tokens.
+* physical: admitted chunks (each + one decode page, + the running batch's next decode) never exceed
+  ``free + evictable`` tokens.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from policies.cacheopt.demand import demand
 from policies.cacheopt.swap import choose_mode
 from policies.cacheopt.topup import plan_topups, reserve_left
 from policies.cacheopt.victim import cacheopt_order, pick_victims, sglang_order
+from policies.common import ceil_page, decode_need
 from policies.config import CacheOptConfig
 from policies.latency import LatencyModel
 from policies.views import Admit, Preempt, PreemptMode, SchedulerView, WaitingView
@@ -49,6 +51,7 @@ class CacheOptGate:
         self._reserve = 0
         self._capacity = 0
         self._physical = 0
+        self._page = 1
 
     def reserve_size(self, view: SchedulerView) -> int:
         """The global reserve: the host's live decision (``pool.reserve_tokens``), else the option, else config."""
@@ -86,7 +89,8 @@ class CacheOptGate:
         self._committed = committed
         self._reserve = reserve
         self._capacity = capacity
-        self._physical = view.pool.available_tokens - len(running)
+        self._page = view.pool.page_size
+        self._physical = view.pool.available_tokens - decode_need(running, self._page)
         self.counters = {
             "topups": float(len(topups)),
             "reserve_draws": float(draws),
@@ -99,18 +103,20 @@ class CacheOptGate:
     def admit(self, req: WaitingView, prefill_tokens: int) -> Admit | None:
         led = self.ledger
         self.permanent_reject = False
-        physical = prefill_tokens if prefill_tokens > 0 or not req.swapped_out else req.seq_len - req.cached_len
-        if physical + 1 > self._physical:
-            self.permanent_reject = req.seq_len - req.cached_len + 1 > self._capacity
-            return None
+        tokens = prefill_tokens if prefill_tokens > 0 or not req.swapped_out else req.seq_len - req.cached_len
+        physical = ceil_page(tokens, self._page) + self._page  # its KV now and the slot of its first decode
         known = led.alloc.get(req.rid)
         if known is not None:  # continuing a chunked prefill: its allocation was made at admission
+            if physical > self._physical:
+                return None
             self._physical -= physical
             return Admit(req.rid, prefill_tokens, reserve_tokens=known, host_rid=_host_of(led, req.rid))
         d = demand(req, self.cfg.demand)
         limit = self._capacity - self._reserve
-        if d.prompt + 1 > limit:
-            self.permanent_reject = True
+        if d.prompt + self._page > limit:
+            self.permanent_reject = True  # its prompt alone can never fit: the host rejects it with a reason
+            return None
+        if physical > self._physical:
             return None
         need = min(d.total, limit)  # a demand larger than the pool is capped, so it is admitted when the pool empties
         host = None

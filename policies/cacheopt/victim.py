@@ -59,13 +59,13 @@ def cacheopt_order(
 
 
 def pick_victims(ordered: Sequence[tuple[RunningView, Preempt]], tokens_needed: int) -> tuple[Preempt, ...]:
-    """Take victims in order until ``tokens_needed`` are freed (a victim frees its own KV beyond the shared prefix
-    plus the decode slot it no longer needs), keeping at least one request running."""
+    """Take victims in order until ``tokens_needed`` are freed, keeping at least one request running. A victim
+    frees all it holds (its radix-cache prefix becomes evictable, which hosts count as available)."""
     out: list[Preempt] = []
     freed = 0
     for r, p in ordered[: max(len(ordered) - 1, 0)]:
         if freed >= tokens_needed:
             break
         out.append(p)
-        freed += max(r.kv_used - r.cached_len, 0) + 1
+        freed += r.kv_used
     return tuple(out)
