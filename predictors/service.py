@@ -226,32 +226,26 @@ class PredictorService:
     def _features(self, rows: list, errors: list) -> tuple[list[int], np.ndarray, np.ndarray]:
         """Features of all rows in one call; if one row is bad, isolate it (row by row) and report it alone."""
         fz = self.model.featurizer
-        ids_list: list[Any] = [None] * len(rows)
-        texts: list[str | None] = [None] * len(rows)
-        lens = [0] * len(rows)
+        ids_list: list[Any] = [r[3] for r in rows]
+        lens = [len(r[3]) if r[3] is not None else 0 for r in rows]
         need = [i for i, r in enumerate(rows) if r[3] is None]
         if need:
-            heads = [r[2] if len(r[2]) <= MAX_TEXT_CHARS else r[2][:32768] + "\n" + r[2][-32768:]
-                     for r in (rows[i] for i in need)]  # fmt: skip
+            heads = [rows[i][2] if len(rows[i][2]) <= MAX_TEXT_CHARS else rows[i][2][: MAX_TEXT_CHARS // 2] + "\n"
+                     + rows[i][2][-MAX_TEXT_CHARS // 2 :] for i in need]  # fmt: skip
             for i, h, ids in zip(need, heads, fz.sp.encode(heads), strict=True):
-                full = rows[i][2]
-                ids_list[i], texts[i], lens[i] = ids, h, len(ids)
-                if len(full) > MAX_TEXT_CHARS:
-                    lens[i] = int(len(ids) * len(full) / len(h))
+                ids_list[i], lens[i] = ids, int(len(ids) * len(rows[i][2]) / len(h))
         for i, r in enumerate(rows):
-            if r[3] is not None:
-                ids_list[i], lens[i] = r[3], len(r[3])
             if lens[i] > LONG_PROMPT_TOKENS:
                 self.counters["long_prompt"] += 1
                 log.info("long prompt %s: ~%d tokens (features read its head and tail only)", r[1], lens[i])
         try:
-            return list(range(len(rows))), fz.transform(ids_list, texts, lens), np.array(lens)
+            return list(range(len(rows))), fz.transform(ids_list, lens), np.array(lens)
         except FeatureError:
             pass
         ok, Xs = [], []
         for i, r in enumerate(rows):
             try:
-                Xs.append(fz.transform([ids_list[i]], [texts[i]], [lens[i]]))
+                Xs.append(fz.transform([ids_list[i]], [lens[i]]))
                 ok.append(i)
             except FeatureError as e:
                 errors[r[0]].append({"rid": r[1], "error": str(e)})

@@ -15,7 +15,6 @@ from predictors.features import (
     FeatureVersionError,
     Featurizer,
     requested_length,
-    text_cues,
 )
 
 
@@ -25,7 +24,8 @@ def fz() -> Featurizer:
 
 
 def cue(text: str, name: str) -> float:
-    return text_cues(text)[DENSE_NAMES.index(name) - 1]
+    fz = Featurizer(FeatureSpec(n_hash=8))
+    return float(fz.from_texts([text])[0][0, DENSE_NAMES.index(name)])
 
 
 def test_token_count_is_the_mistral_tokenizer(fz: Featurizer) -> None:
@@ -50,12 +50,15 @@ def test_task_cues() -> None:
     assert cue("Answer yes or no: is water wet", "brief") == 1.0
     assert cue("Solve 3 + 4 * x = 10", "math") == 1.0
     assert cue("Write a story about a cat", "code") == 0.0
+    assert cue("Line one\nline two\nline three", "n_lines") == 2.0
+    assert cue("Why? How?", "n_question_marks") == 2.0
+    assert cue("Write a 200 word essay", "log_requested_len") == pytest.approx(np.log1p(280.0))
 
 
 def test_text_and_token_id_paths_agree(fz: Featurizer) -> None:
     texts = ["Write a short story about a dragon.", "List five uses of baking soda", "Why is the sky blue?"]
     X_text, _ = fz.from_texts(texts)
-    X_ids = fz.transform(fz.tokenize(texts))
+    X_ids = fz.transform([[1, *ids] for ids in fz.tokenize(texts)])  # the scheduler's ids carry a BOS
     assert np.allclose(X_text, X_ids)
 
 

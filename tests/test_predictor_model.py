@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from predictors.data import load_prompts, split_of
-from predictors.features import FeatureSpec, FeatureVersionError
+from predictors.features import FEATURE_VERSION, FeatureSpec, FeatureVersionError
 from predictors.model import META_FILE, LengthModel, TrainParams
 from predictors.synthetic import make_estimator
 from predictors.train import train
@@ -70,7 +70,7 @@ def test_loading_another_feature_version_fails(model_dir: Path, tmp_path: Path) 
     (bad / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(FeatureVersionError, match="feature version 999"):
         LengthModel.load(bad)
-    meta["feature_spec"]["version"] = 1
+    meta["feature_spec"]["version"] = FEATURE_VERSION
     meta["tokenizer_id"] = "other.model:0000"
     (bad / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(FeatureVersionError, match="tokenizer"):
