@@ -109,6 +109,8 @@ class AccelGenConfig:
                                    "skips the similar-SLO grouping.")  # fmt: skip
     starve_s: float = opt(30.0, "A2: a request waiting longer than this (s) is served before all new ones.")
     pack_window: int = opt(8, "A3: candidates of one priority class scored together for bin packing.")
+    slack_pruning: bool = opt(True, "A2: defer requests whose TTFT the estimate says cannot be met behind the "
+                              "more urgent ones (Moore-Hodgson on the least-slack order).")  # fmt: skip
 
     def __post_init__(self) -> None:
         _check(self.min_budget > 0, "--ext-accelgen-min-budget", "must be > 0")
