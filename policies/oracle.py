@@ -190,8 +190,10 @@ class OraclePolicy(AccelGenPolicy):
         self.heuristic_decisions = 0
         self._cache: tuple[tuple[str, ...], list[str]] | None = None
 
-    def order(self, view: SchedulerView, limit_s: float | None) -> tuple[list[Candidate], float | None]:
-        cands, binding = super().order(view, limit_s)
+    def order(
+        self, view: SchedulerView, limit_s: float | None, sec_per_token: float = 0.0
+    ) -> tuple[list[Candidate], float | None]:
+        cands, binding = super().order(view, limit_s)  # no slack pruning: the search below decides
         fixed = [c for c in cands if c.tier <= TIER_RESUME]
         free = [c for c in cands if c.tier > TIER_RESUME]
         if len(free) <= 1:

@@ -2,15 +2,19 @@
 
 Within the A2 order, requests are taken one at a time. With A3 on, the pick is made from a *window*: the next
 ``window`` candidates that share the head's priority class ``(tier, group_penalty)`` (so packing never jumps a
-priority class). Each is scored by vector bin-packing alignment (Tetris, Grandl et al. SIGCOMM'14):
+priority class). Each is scored by its *dominant resource share* (vector bin packing for the number of items,
+as in DRF, Ghodsi et al. NSDI'11):
 
-    score = (t / B0) * (B / B0) + (k / K0) * (K / K0)
+    share = max(t / B, k / K)
 
 with ``t`` its tokens this iteration, ``k`` its KV demand estimate (tokens still to prefill + its predicted
-output, or nothing when no estimate is visible), ``B``/``K`` the token budget and KV left now and ``B0``/``K0``
-the amounts at the start of the pass. The dot product of demand and remaining capacity favours requests that
-use much of whichever resource is abundant, so a pass that is KV-poor but compute-rich picks long prompts with
-short outputs and vice versa. Ties keep the A2 order. With A3 off the head is always taken.
+output, or nothing when no estimate is visible) and ``B``/``K`` the token budget and KV left now. The smallest
+share wins: the candidate that strains the scarcer resource least, so the pass fits as many whole requests as
+both resources allow (goodput counts requests) — short prompts when compute is scarce, short predicted outputs
+when KV is, and the budget's remainder goes to the next request's chunk. Ties keep the A2 order. A Tetris-style
+alignment score (``demand . capacity_left``), which favours big requests, was measured first and lost goodput
+(it delays short prompts' first tokens); :func:`alignment` keeps it for comparison. With A3 off the head is
+always taken.
 
 KV is never exceeded: the :class:`KVGate` decides every admission (its own accounting, not the score's estimate).
 A request the gate refuses is skipped so that smaller ones can backfill, except when it is in tier 0/1 (in-progress
@@ -31,6 +35,11 @@ def kv_demand(c: Candidate) -> int:
     """The score's visible KV demand estimate for a candidate (the gate keeps its own exact accounting)."""
     est = c.req.estimate
     return c.remaining + (est.point if est is not None else 0)
+
+
+def dominant_share(t: int, k: int, b_left: int, k_left: int) -> float:
+    """A3's score (lower is better): the larger of the shares of budget and KV left that the candidate takes."""
+    return max(t / max(b_left, 1), k / max(k_left, 1))
 
 
 def alignment(t: int, k: int, b_left: int, k_left: int, b0: int, k0: int) -> float:
@@ -57,18 +66,17 @@ def pack(
     and the prefill tokens used. ``strict``: every refusal stops the pass (no backfilling; the Oracle's order)."""
     admits: list[Admit] = []
     left, k_left = chunk_tokens, kv_free
-    b0, k0 = max(chunk_tokens, 1), max(kv_free, 1)
     pending = list(cands)
     while pending:
         idx = 0
         if multi_resource and window > 1 and left > 0:
             head_cls = pending[0].cls
-            best = -1.0
+            best = float("inf")
             for i, c in enumerate(pending[:window]):
                 if c.cls != head_cls:
                     break
-                s = alignment(min(c.remaining, left), kv_demand(c), left, k_left, b0, k0)
-                if s > best + 1e-12:
+                s = dominant_share(min(c.remaining, left), kv_demand(c), left, k_left)
+                if s < best - 1e-12:
                     best, idx = s, i
         c = pending.pop(idx)
         want = min(c.remaining, left)

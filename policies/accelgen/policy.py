@@ -107,8 +107,11 @@ class AccelGenPolicy(Policy):
                 tight = t
         return (None if tight is None else tight / 1e3), best_effort
 
-    def order(self, view: SchedulerView, limit_s: float | None) -> tuple[list[Candidate], float | None]:
-        """A2: the waiting queue in admission order and the binding SLO (ms) used for grouping."""
+    def order(
+        self, view: SchedulerView, limit_s: float | None, sec_per_token: float = 0.0
+    ) -> tuple[list[Candidate], float | None]:
+        """A2: the waiting queue in admission order and the binding SLO (ms) used for grouping.
+        ``sec_per_token``: the current prefill rate for slack pruning (0: off)."""
         cfg = self.cfg
         feasible = {w.rid: self.feasible_tbt(w.slo.tbt_ms, w.seq_len) for w in view.waiting if w.slo.tbt_ms}
         cands, binding_ms = order_waiting(
@@ -120,6 +123,7 @@ class AccelGenPolicy(Policy):
             urgent_slack_frac=cfg.urgent_slack_frac,
             starve_s=cfg.starve_s,
             grouping=cfg.slo_priority,
+            sec_per_token=sec_per_token if cfg.slo_priority and cfg.slack_pruning else 0.0,
         )
         if not cfg.slo_priority:  # A2 off: first come, first served (chunked request still first)
             cands.sort(key=lambda c: (c.tier != 0, c.req.arrival_s))
@@ -130,12 +134,15 @@ class AccelGenPolicy(Policy):
         self.gate.begin(view)
         decode_ctx = tuple(r.seq_len for r in view.running)
         limit_s, best_effort = self.iteration_limit_s(view, decode_ctx)
-        cands, binding_ms = self.order(view, limit_s)
         nd = len(decode_ctx)
-        if cfg.dynamic_chunk:
-            budget = self.sizer.budget(limit_s, decode_ctx, cands[0].ctx if cands else 0)
-        else:
-            budget = max(cfg.pivot_tokens, nd)
+        chunked = next((w for w in view.waiting if w.rid == view.chunked_rid), None)
+        chunk_ctx = chunked.cached_len + chunked.prefilled_len if chunked is not None else 0
+        budget = self.sizer.budget(limit_s, decode_ctx, chunk_ctx) if cfg.dynamic_chunk else max(cfg.pivot_tokens, nd)
+        spt = 0.0
+        if view.waiting and budget > nd:
+            shape = BatchShape(prefill=((budget - nd, chunk_ctx),), decode_ctx=decode_ctx)
+            spt = self.latency.iteration_s(shape) / (budget - nd)
+        cands, binding_ms = self.order(view, limit_s, spt)
         prefill: list[tuple[int, int]] = []
 
         def fit(c: Candidate, t: int) -> int:

@@ -14,6 +14,15 @@ Order of the waiting queue, as the sort key ``(tier, group_penalty, slack)``:
 Slack (time left to meet the SLO): ``arrival + ttft_slo - now - prefill_s(remaining prompt)``; ``+inf`` without a
 TTFT SLO. TBT SLOs of running requests enter through the budget (A1), which is set by the tightest of them.
 
+Slack pruning (within tier 2, ``slack_pruning``). Least slack first is earliest-deadline-first, which under
+overload lets every request miss by a little (the domino effect). The prefill work of each request is known
+without clairvoyance (its prompt), so A2 estimates each one's prefill time at the current chunk rate
+(``sec_per_token``, seconds of iteration per prefill token at this iteration's budget), queues it behind the
+tier-0/1 work, and runs Moore-Hodgson on the least-slack order: whenever the running total misses a deadline, the
+longest request so far is deferred to tier 3. This keeps the largest number of TTFT deadlines that the estimate
+says can be met (Moore-Hodgson is optimal for the number of on-time jobs on one machine); deferred requests are
+still served, after those, and ``starve_s`` bounds their wait.
+
 Similar-SLO grouping (within tier 2 only). A batch runs at the pace of its tightest member, so requests are
 batched by TBT SLO class. The *binding* SLO ``B`` is the tightest (feasible, see A1's best-effort class) TBT SLO
 among the running requests, or — when no running request has one — the TBT SLO of the least-slack waiting
@@ -28,6 +37,7 @@ penalty 0 — grouping may delay a request, never make it miss its TTFT SLO. Wit
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 
@@ -84,11 +94,12 @@ def order_waiting(
     urgent_slack_frac: float,
     starve_s: float,
     grouping: bool = True,
+    sec_per_token: float = 0.0,
 ) -> tuple[list[Candidate], float | None]:
     """Waiting requests in A2 order, and the binding SLO used for grouping. ``binding_ms``: the running
     requests' tightest feasible TBT SLO (None: none binds, the waiting queue's least-slack request sets it).
     ``feasible_tbt`` maps rid -> TBT SLO with best-effort SLOs removed (missing rids use the request's own);
-    ``grouping=False`` gives plain least-slack-first (ablation)."""
+    ``grouping=False`` gives plain least-slack-first (ablation); ``sec_per_token > 0`` turns on slack pruning."""
     now = view.now_s
     out: list[Candidate] = []
     for req in view.waiting:
@@ -111,6 +122,8 @@ def order_waiting(
         if tier in (TIER_CHUNKED, TIER_RESUME):
             slack = -math.inf  # these go by arrival among themselves
         out.append(Candidate(req, tier, 0, slack, remaining, ctx, tbt))
+    if sec_per_token > 0:
+        prune_by_slack(out, now, sec_per_token)
     if grouping:
         if binding_ms is None:
             binding_ms = _least_slack_tbt(out)
@@ -122,6 +135,27 @@ def order_waiting(
                     c.penalty = 0 if urgent else 1
     out.sort(key=lambda c: c.key)
     return out, binding_ms
+
+
+def prune_by_slack(cands: list[Candidate], now: float, sec_per_token: float) -> int:
+    """Moore-Hodgson over tier 2 in least-slack order (module docstring); returns how many were deferred."""
+    t = now + sec_per_token * sum(c.remaining for c in cands if c.tier < TIER_FEASIBLE)
+    kept: list[tuple[int, int]] = []  # max-heap on prefill tokens: (-remaining, index)
+    deferred = 0
+    order = sorted((i for i, c in enumerate(cands) if c.tier == TIER_FEASIBLE), key=lambda i: cands[i].slack_s)
+    for i in order:
+        c = cands[i]
+        ttft = c.req.slo.ttft_ms
+        if ttft is None or c.req.first_token_s is not None:
+            continue  # no deadline: never deferred, and it does not delay the deadlines here (it sorts last)
+        heapq.heappush(kept, (-c.remaining, i))
+        t += c.remaining * sec_per_token
+        if t > c.req.arrival_s + ttft / 1e3:
+            neg, j = heapq.heappop(kept)
+            t += neg * sec_per_token
+            cands[j].tier = TIER_LATE
+            deferred += 1
+    return deferred
 
 
 def _least_slack_tbt(cands: list[Candidate]) -> float | None:
