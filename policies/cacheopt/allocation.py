@@ -22,9 +22,10 @@ room; when the host leaves first, the guest's allocation simply counts in full (
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Sequence
+
+import numpy as np
 
 from policies.latency import LatencyModel
 from policies.views import RunningView, WaitingView
@@ -72,19 +73,27 @@ class Ledger:
 
     def scan(
         self, running: Sequence[RunningView], live: dict[str, RunningView], pending: str | None, horizon: int
-    ) -> tuple[int, list[RunningView]]:
-        """One pass over the running batch: the committed total (left side of the invariant, without the reserve)
-        and the requests whose own room is below ``horizon`` tokens (C3 top-up candidates). A host's own room
-        excludes what it lent; a request mid-way through its chunked prefill (``pending``) counts its allocation."""
+    ) -> tuple[int, list[RunningView], int]:
+        """One pass over the running batch: the committed total (left side of the invariant, without the reserve),
+        the requests whose own room is below ``horizon`` tokens (C3 top-up candidates) and an upper bound on any
+        request's room (so a reuse lookup that cannot succeed costs nothing). A host's own room excludes what it
+        lent; a request mid-way through its chunked prefill (``pending``) counts its allocation."""
         alloc = self.alloc
         borrowed = self.borrowed
         total = 0
+        max_room = 0
         low: list[RunningView] = []
         for r in running:
             a = alloc.get(r.rid, r.kv_allocated)
             u = r.kv_used
-            total += a if a > u else u
-            if a - u < horizon:
+            room = a - u
+            if room > 0:
+                total += a
+                if room > max_room:
+                    max_room = room
+            else:
+                total += u
+            if room < horizon:
                 low.append(r)
         for host, lent in borrowed.items():
             r = live[host]
@@ -97,7 +106,7 @@ class Ledger:
             total -= tokens
         if pending is not None and pending not in live:
             total += alloc.get(pending, 0)
-        return total, low
+        return total, low, max_room
 
     def host_room(self, r: RunningView) -> int:
         """Empty allocated tail a host still has for itself (after what it lent)."""
@@ -106,64 +115,85 @@ class Ledger:
 
 
 class HostIndex:
-    """Running requests that can host a guest, sorted by room, for best-fit lookups (C2 reuse).
+    """Running requests that can host a guest, with their rooms, for best-fit lookups (C2 reuse).
 
     Best fit (the smallest room that holds the guest) keeps large tails for large guests. Guests are never hosts
-    (no chains of loans). Built lazily, once per planning pass, only when an admission does not fit otherwise.
+    (no chains of loans). Built lazily, once per planning pass, only when an admission does not fit otherwise; a
+    lookup is one vectorised pass (cheaper than sorting for the few lookups a pass makes).
     """
 
     __slots__ = ("_rids", "_rooms")
 
     def __init__(self, running: Sequence[RunningView], ledger: Ledger, min_room: int) -> None:
-        pairs = []
-        guest = ledger.guest
-        for r in running:
-            if r.rid in guest:
-                continue
-            room = ledger.host_room(r)
-            if room >= min_room:
-                pairs.append((room, r.rid))
-        pairs.sort()
-        self._rooms = [p[0] for p in pairs]
-        self._rids = [p[1] for p in pairs]
+        alloc = ledger.alloc
+        rooms = np.fromiter((alloc.get(r.rid, r.kv_allocated) - r.kv_used for r in running), np.int64, len(running))
+        rids = [r.rid for r in running]
+        if ledger.borrowed or ledger.guest:
+            lent, guest = ledger.borrowed, ledger.guest
+            rooms -= np.fromiter((lent.get(rid, 0) for rid in rids), np.int64, len(rids))
+            rooms[[i for i, rid in enumerate(rids) if rid in guest]] = -1
+        keep = np.flatnonzero(rooms >= min_room)
+        self._rooms = rooms[keep]
+        self._rids = [rids[i] for i in keep]
 
     def take(self, need: int, lend: int) -> str | None:
         """Find the best-fit host with room >= ``need``; its room shrinks by ``lend``. None if no host fits."""
-        i = bisect.bisect_left(self._rooms, need)
-        if i == len(self._rooms):
+        rooms = self._rooms
+        if rooms.size == 0:
             return None
-        room = self._rooms.pop(i)
-        rid = self._rids.pop(i)
-        left = room - lend
-        j = bisect.bisect_left(self._rooms, left)
-        self._rooms.insert(j, left)
-        self._rids.insert(j, rid)
-        return rid
+        i = int(np.where(rooms >= need, rooms, _NO_ROOM).argmin())
+        if rooms[i] < need:
+            return None
+        rooms[i] -= lend
+        return self._rids[i]
+
+
+_NO_ROOM = np.iinfo(np.int64).max
 
 
 def order_waiting(
-    waiting: Sequence[WaitingView], now_s: float, window: int, latency: LatencyModel
+    waiting: Sequence[WaitingView],
+    now_s: float,
+    window: int,
+    latency: LatencyModel,
+    prefill_memo: dict[tuple[str, int, int], float] | None = None,
 ) -> list[WaitingView]:
     """The first ``window`` waiting requests (host queue order: arrival, preempted first) in C2's pick order.
 
     Key, ascending: resumed requests first (they already streamed tokens, so every waiting moment is a stall against
     their TBT SLO), then least TTFT slack (deadline - now - predicted prefill time; no TTFT SLO = infinite slack),
     then tighter TBT SLO, then arrival. Only a bounded prefix of the queue is looked at per iteration so the cost
-    does not grow with the queue (the plan() budget is 100 us at 1,000 waiting).
+    does not grow with the queue (the plan() budget is 100 us at 1,000 waiting). A request's predicted prefill time
+    does not change while it waits, so ``prefill_memo`` (kept by the caller) computes it once per request.
     """
     head = waiting[:window]
     if not any(w.slo.ttft_ms is not None or w.output_len for w in head):
         return list(head)  # no SLOs and no resumed requests: queue (FCFS) order
-
-    def key(w: WaitingView) -> tuple[int, float, float, float]:
+    memo = prefill_memo if prefill_memo is not None else {}
+    if len(memo) > 8 * window:
+        memo.clear()
+    inf = math.inf
+    keyed = []
+    for w in head:
+        slo = w.slo
+        tbt = slo.tbt_ms if slo.tbt_ms is not None else inf
         if w.output_len or w.first_token_s is not None:
-            return (0, 0.0, w.slo.tbt_ms or math.inf, w.arrival_s)
-        ttft = w.slo.ttft_ms
+            keyed.append(((0, 0.0, tbt, w.arrival_s), w))
+            continue
+        ttft = slo.ttft_ms
         if ttft is None:
-            slack = math.inf
+            slack = inf
         else:
-            new = max(w.seq_len - w.cached_len - w.prefilled_len, 0)
-            slack = w.arrival_s + ttft * 1e-3 - now_s - latency.prefill_s(new, w.cached_len + w.prefilled_len)
-        return (1, slack, w.slo.tbt_ms or math.inf, w.arrival_s)
+            ctx = w.cached_len + w.prefilled_len
+            k = (w.rid, w.seq_len - ctx, ctx)
+            t = memo.get(k)
+            if t is None:
+                t = memo[k] = latency.prefill_s(max(k[1], 0), ctx)
+            slack = w.arrival_s + ttft * 1e-3 - now_s - t
+        keyed.append(((1, slack, tbt, w.arrival_s), w))
+    keyed.sort(key=_first)
+    return [w for _, w in keyed]
 
-    return sorted(head, key=key)
+
+def _first(pair: tuple) -> tuple:
+    return pair[0]

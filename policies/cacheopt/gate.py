@@ -52,6 +52,7 @@ class CacheOptGate:
         self._capacity = 0
         self._physical = 0
         self._page = 1
+        self._max_room = 0
 
     def reserve_size(self, view: SchedulerView) -> int:
         """The global reserve: the host's live decision (``pool.reserve_tokens``), else the option, else config."""
@@ -72,7 +73,7 @@ class CacheOptGate:
         pending = view.chunked_rid
         led.reconcile(live, pending)
         horizon = cfg.topup_horizon if cfg.topup else -1 << 62
-        committed, low = led.scan(running, live, pending, horizon)
+        committed, low, self._max_room = led.scan(running, live, pending, horizon)
         capacity = view.pool.capacity_tokens
         reserve = reserve_left(led, self._reserve_size(view))
         unallocated = capacity - committed - reserve
@@ -173,6 +174,8 @@ class CacheOptGate:
     def _reuse_host(self, prompt: int, output: int) -> str | None:
         """Best-fit host whose empty tail holds the guest for its whole predicted life (C2 reuse condition)."""
         need = prompt + 2 * output + self.cfg.reuse_buffer
+        if need > self._max_room:  # no request has that much room (an upper bound: lending only lowers rooms)
+            return None
         if self._hosts is None:
             assert self._view is not None
             self._hosts = HostIndex(self._view.running, self.ledger, min_room=self.cfg.reuse_buffer + 3)

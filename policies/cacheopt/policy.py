@@ -35,6 +35,7 @@ class CacheOptPolicy(Policy):
         self.cfg = config.cacheopt
         self.chunk = config.sglang.chunked_prefill_size
         self.gate = CacheOptGate(config.cacheopt, latency, reserve_tokens=options.get("reserve_tokens"))
+        self._prefill_memo: dict[tuple[str, int, int], float] = {}
 
     def plan(self, view: SchedulerView) -> IterationPlan:
         gate = self.gate
@@ -77,7 +78,7 @@ class CacheOptPolicy(Policy):
         self.gate.on_finish(rid)
 
     def _candidates(self, view: SchedulerView) -> list[WaitingView]:
-        ordered = order_waiting(view.waiting, view.now_s, self.cfg.waiting_window, self.latency)
+        ordered = order_waiting(view.waiting, view.now_s, self.cfg.waiting_window, self.latency, self._prefill_memo)
         chunked = view.chunked_rid
         if chunked is None:
             return ordered
