@@ -81,9 +81,8 @@ class LoadOptions:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        for name in ("connect_timeout_s", "stall_timeout_s", "request_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0")
+        if not min(self.connect_timeout_s, self.stall_timeout_s, self.request_timeout_s) > 0:
+            raise ValueError("timeouts must be > 0 s")
 
 
 @dataclass
@@ -106,6 +105,15 @@ class _Run:
         self.stop.set()
 
 
+def forcer_ref(module: str = "sglang_ext.logit_processors", name: str = "ForceEosAtLength") -> str:
+    """``ForceEosAtLength.to_str()`` without importing SGLang into the client (seconds and ~1 GB): dill ships a
+    class of an importable module as a pickle global reference, i.e. exactly these protocol-4 opcodes (PROTO,
+    FRAME, two SHORT_BINUNICODE + MEMOIZE, STACK_GLOBAL, MEMOIZE, STOP). A test checks it equals ``to_str()``."""
+    m, n = module.encode(), name.encode()
+    body = b"\x8c" + bytes([len(m)]) + m + b"\x94\x8c" + bytes([len(n)]) + n + b"\x94\x93\x94."
+    return json.dumps({"callable": (b"\x80\x04\x95" + len(body).to_bytes(8, "little") + body).hex()})
+
+
 def prompt_ids(spec: RequestSpec, index: int, seed: int, vocab_size: int) -> list[int]:
     """Seeded random ids of exactly ``prompt_len``; equal prefix hashes give equal blocks."""
     if spec.prefix_hash_ids and spec.prefix_block_tokens > 0:
@@ -121,10 +129,9 @@ def prompt_ids(spec: RequestSpec, index: int, seed: int, vocab_size: int) -> lis
 
 def request_body(spec: RequestSpec, mode: str, ids: list[int] | None, rid: str, forcer: str | None, temperature: float):
     params: dict[str, Any] = {}
-    if spec.ttft_slo_ms is not None:
-        params["ttft_slo_ms"] = float(spec.ttft_slo_ms)
-    if spec.tbt_slo_ms is not None:
-        params["tbt_slo_ms"] = float(spec.tbt_slo_ms)
+    for key in ("ttft_slo_ms", "tbt_slo_ms"):
+        if getattr(spec, key) is not None:
+            params[key] = float(getattr(spec, key))
     if spec.slo_class:
         params["slo_class"] = spec.slo_class
     sp: dict[str, Any] = {"temperature": temperature}
@@ -137,10 +144,7 @@ def request_body(spec: RequestSpec, mode: str, ids: list[int] | None, rid: str, 
         body["custom_logit_processor"] = forcer
     if params:
         sp["custom_params"] = params
-    if spec.prompt_text is not None:
-        body["text"] = spec.prompt_text
-    else:
-        body["input_ids"] = ids
+    body |= {"text": spec.prompt_text} if spec.prompt_text is not None else {"input_ids": ids}
     return body
 
 
@@ -149,12 +153,12 @@ async def _get(run: _Run, path: str, timeout_s: float = 5.0) -> tuple[int, str]:
         return r.status, await r.text()
 
 
-async def _server_alive(run: _Run) -> bool:
+async def _server_alive(run: _Run, timeout_s: float) -> bool:
     async with run.probe_lock:
         if run.stop.is_set():
             return False
         try:
-            status, _ = await _get(run, "/health", 5.0)
+            status, _ = await _get(run, "/health", timeout_s)
             return status == 200
         except (aiohttp.ClientError, asyncio.TimeoutError):
             return False
@@ -173,16 +177,13 @@ async def read_preemptions(run: _Run, names: tuple[str, ...] = PREEMPTION_METRIC
 
 
 async def _vocab_size(run: _Run) -> int:
+    """The served model's vocabulary, from its ``config.json`` (server and client share the machine here)."""
+    where = "/model_info"
     try:
-        status, text = await _get(run, "/model_info", 10.0)
-        model_path = Path(json.loads(text)["model_path"]) if status == 200 else None
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError):
-        model_path = None
-    try:
-        assert model_path is not None
-        return int(json.loads((model_path / "config.json").read_text())["vocab_size"])
-    except (AssertionError, OSError, ValueError, KeyError) as e:
-        raise LoadgenError(f"cannot read the served model's vocab size ({model_path}: {e}); pass vocab_size") from None
+        where = json.loads((await _get(run, "/model_info", 10.0))[1])["model_path"]
+        return int(json.loads((Path(where) / "config.json").read_text())["vocab_size"])
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, KeyError, TypeError) as e:
+        raise LoadgenError(f"cannot read the served model's vocab size ({where}: {e}); pass vocab_size") from None
 
 
 async def _one(run: _Run, spec: RequestSpec, body: dict[str, Any] | None, rec: RequestRecord, cfg: LoadOptions) -> None:
@@ -207,11 +208,11 @@ async def _one(run: _Run, spec: RequestSpec, body: dict[str, Any] | None, rec: R
         run.abort(f"server at {run.base} unreachable ({e})")
     except asyncio.TimeoutError:
         rec.error = f"timeout (no data for {cfg.stall_timeout_s} s or over {cfg.request_timeout_s} s in all)"
-        if not await _server_alive(run):
+        if not await _server_alive(run, cfg.connect_timeout_s):
             run.abort(f"server at {run.base} stopped answering (/health failed after a request timed out)")
     except aiohttp.ClientError as e:
         rec.error = f"connection lost: {type(e).__name__}: {e}"
-        if not await _server_alive(run):
+        if not await _server_alive(run, cfg.connect_timeout_s):
             run.abort(f"server at {run.base} went away mid-run ({type(e).__name__})")
 
 
@@ -230,7 +231,8 @@ async def _read_stream(run: _Run, resp: aiohttp.ClientResponse, rec: RequestReco
                 break
             msg = json.loads(data)
             if "error" in msg:
-                rec.error = f"server error: {msg['error'].get('message', msg['error'])}"
+                err = msg["error"]
+                rec.error = f"server error: {err.get('message', err) if isinstance(err, dict) else err}"
                 return
             now, meta = run.now(), msg.get("meta_info", {})
             ct = int(meta.get("completion_tokens", done))
@@ -264,11 +266,7 @@ async def _run(base: str, specs: list[RequestSpec], cfg: LoadOptions) -> tuple[l
                     raise LoadgenError(f"/flush_cache refused: {' '.join((await r.text()).split())}")
         needs_ids = any(s.prompt_text is None for s in specs)
         vocab = cfg.vocab_size or (await _vocab_size(run) if needs_ids else 0)
-        forcer = None
-        if cfg.mode == "cap":
-            from sglang_ext.logit_processors import ForceEosAtLength
-
-            forcer = ForceEosAtLength.to_str()
+        forcer = forcer_ref() if cfg.mode == "cap" else None
         tag = uuid.uuid4().hex[:8]
         bodies = [
             request_body(s, cfg.mode, None if s.prompt_text else prompt_ids(s, i, cfg.seed, vocab),
@@ -349,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-context", type=int, default=None, help="clip prompt + output to this many tokens")
     ap.add_argument("--max-new-tokens", default="auto", help="visible cap policy: auto, exact or an int")
     ap.add_argument("--start", type=int, default=0, help="first trace row")
-    ap.add_argument("--slo", default="none", help="SLO spec (eval.slo): none, abs:TTFT_MS:TBT_MS, or classes")
+    ap.add_argument("--slo", default="none", help="SLO spec (eval.slo): none, default, abs:TTFT_MS:TBT_MS, classes")
+    ap.add_argument("--slo-profile", default=None, help="latency profile (eval.profiles) for relative SLOs ('<k>x')")
+    ap.add_argument("--slo-chunk-tokens", type=int, default=None, help="server chunked-prefill size, for isolated TTFT")
     ap.add_argument("--mode", choices=MODES, default="cap")
     ap.add_argument("--vocab-size", type=int, default=None, help="default: read the served model's config.json")
     ap.add_argument("--flush-cache", action="store_true", help="POST /flush_cache before the run")
@@ -357,33 +357,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests-out", default=None, help="per-request JSON lines path")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
+    from eval import profiles
     from eval.slo import parse_slo
 
+    wl = {k: getattr(a, k) for k in ("num_requests", "rate", "seed", "scale", "max_context", "start")}
+    wl["max_new_tokens"] = int(a.max_new_tokens) if a.max_new_tokens.isdigit() else a.max_new_tokens
     try:
-        cap = int(a.max_new_tokens) if a.max_new_tokens.isdigit() else a.max_new_tokens
-        specs = load_workload(
-            a.workload,
-            num_requests=a.num_requests,
-            rate=a.rate,
-            seed=a.seed,
-            scale=a.scale,
-            max_context=a.max_context,
-            max_new_tokens=cap,
-            start=a.start,
-            slo=parse_slo(a.slo),
-        )
-        meta = {k: getattr(a, k) for k in ("workload", "num_requests", "rate", "seed", "scale", "max_context",
-                                           "max_new_tokens", "start", "slo")}  # fmt: skip
-        records, summary = run_load(
-            a.url,
-            specs,
-            mode=a.mode,
-            seed=a.seed,
-            flush_cache=a.flush_cache,
-            vocab_size=a.vocab_size,
-            progress=not a.no_progress,
-            metadata=meta,
-        )
+        slo = parse_slo(a.slo, profiles.get(a.slo_profile) if a.slo_profile else None, a.slo_chunk_tokens)
+        specs = load_workload(a.workload, slo=slo, **wl)
+        meta = {"workload": a.workload, **wl, "slo": a.slo, "slo_profile": a.slo_profile}
+        records, summary = run_load(a.url, specs, mode=a.mode, seed=a.seed, flush_cache=a.flush_cache,
+                                    vocab_size=a.vocab_size, progress=not a.no_progress, metadata=meta)  # fmt: skip
     except (ValueError, LoadgenError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from eval.loadgen import forcer_ref
 from sglang_ext.logit_processors import ForceEosAtLength
 
 EOS, VOCAB = 2, 50
@@ -108,5 +109,6 @@ def test_without_request_handle_it_counts_calls_and_honours_eos_override() -> No
 
 def test_serialises_by_reference() -> None:
     text = ForceEosAtLength.to_str()
+    assert forcer_ref() == text  # the load generator names the class without importing SGLang
     assert len(text) < 400  # dill ships the class by reference: the server imports this module
     assert isinstance(ForceEosAtLength.from_str(text), ForceEosAtLength)
