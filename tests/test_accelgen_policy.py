@@ -7,9 +7,17 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.accelgen.packing import alignment
+from policies.accelgen.gate import PagedPhysicalGate
+from policies.accelgen.packing import alignment, dominant_share
 from policies.accelgen.policy import AccelGenPolicy
-from policies.accelgen.priority import TIER_CHUNKED, TIER_FEASIBLE, TIER_LATE, TIER_RESUME, order_waiting
+from policies.accelgen.priority import (
+    TIER_CHUNKED,
+    TIER_FEASIBLE,
+    TIER_LATE,
+    TIER_RESUME,
+    order_waiting,
+    prune_by_slack,
+)
 from policies.base import create
 from policies.config import AccelGenConfig, ExtConfig
 from policies.latency import BatchShape, IterationLatencyModel
@@ -79,6 +87,38 @@ def test_a2_grouping_puts_binding_group_first_unless_urgent() -> None:
 def test_a3_alignment_prefers_abundant_resource() -> None:
     # Budget nearly full, KV plentiful: the KV-heavy candidate scores higher than the token-heavy one.
     assert alignment(10, 5000, 20, 9000, 1000, 10000) > alignment(20, 100, 20, 9000, 1000, 10000)
+
+
+def test_a3_dominant_share_prefers_what_strains_the_scarce_resource_least() -> None:
+    # KV scarce (1000 left), budget plentiful: a short-output request beats a short prompt with a long output.
+    assert dominant_share(400, 450, 2000, 1000) < dominant_share(50, 900, 2000, 1000)
+    # Budget scarce: the short prompt wins.
+    assert dominant_share(50, 900, 100, 100_000) < dominant_share(90, 100, 100, 100_000)
+
+
+def test_a2_slack_pruning_defers_the_long_request_that_would_sink_others() -> None:
+    # 1 ms per prefill token. EDF: long (1000 tokens, deadline 1.05 s) then three short ones (100 tokens, 1.2 s):
+    # EDF meets only `long`; Moore-Hodgson defers `long` and meets the three short ones.
+    now = 0.0
+    waiting = (w("long", 0.0, 1000, ttft=1050), *(w(f"s{i}", 0.0, 100, ttft=1200) for i in range(3)))
+    view = SchedulerView(now, waiting, (), PoolView(100_000, 100_000))
+    cands, _ = order_waiting(view, MODEL, binding_ms=None, feasible_tbt={}, group_ratio=1.5,
+                             urgent_slack_frac=0.5, starve_s=30.0, grouping=False)  # fmt: skip
+    assert prune_by_slack(cands, now, 1e-3) == 1
+    assert {c.req.rid: c.tier for c in cands}["long"] == TIER_LATE
+    cands2, _ = order_waiting(view, MODEL, binding_ms=None, feasible_tbt={}, group_ratio=1.5,
+                              urgent_slack_frac=0.5, starve_s=30.0, grouping=False, sec_per_token=1e-3)  # fmt: skip
+    assert [c.req.rid for c in cands2][-1] == "long"
+
+
+def test_paged_gate_counts_pages_and_pinned_prefix() -> None:
+    gate = PagedPhysicalGate()
+    running = (r("a", 32, None),)  # 32 % 16 == 0: its next decode takes a new page
+    view = SchedulerView(0.0, (w("x", 0.0, 100, cached_len=64),), running, PoolView(1000, 200, page_size=16))
+    gate.begin(view)
+    adm = gate.admit(view.waiting[0], 36)
+    assert adm is not None and adm.reserve_tokens == 48 + 16 + 64  # ceil16(36) + one decode page + pinned prefix
+    assert gate.admit(WaitingView("y", 0.0, 100, 64), 60) is None  # 200 - 16 - 128 = 56 left < 64 + 16
 
 
 def test_plan_is_mixed_and_chunk_is_budget_after_decodes() -> None:
