@@ -104,8 +104,8 @@ def plot(results: dict[str, Any], path: Path, qs: list[float]) -> None:
         ax.axhline(q, color="k", lw=0.8, ls=":")
         ax.set_xscale("symlog", linthresh=1.0)
         ax.set(xlabel="over-reservation mean(bound-true)/mean(true)", ylabel="coverage", title=f"q = {q}")
-        ax.legend(fontsize=7, loc="lower right", title=" / ".join(f"C{j}={s[:18]}" for j, s in enumerate(srcs)),
-                  title_fontsize=6)  # fmt: skip
+        title = " / ".join(f"C{j}={s[:18]}" for j, s in enumerate(srcs))
+        ax.legend(fontsize=7, loc="upper left", framealpha=0.6, title=title, title_fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -232,7 +232,7 @@ class PredictorService:
         if need:
             heads = [rows[i][2] if len(rows[i][2]) <= MAX_TEXT_CHARS else rows[i][2][: MAX_TEXT_CHARS // 2] + "\n"
                      + rows[i][2][-MAX_TEXT_CHARS // 2 :] for i in need]  # fmt: skip
-            for i, h, ids in zip(need, heads, fz.sp.encode(heads), strict=True):
+            for i, h, ids in zip(need, heads, fz.sp.encode(heads, num_threads=1), strict=True):
                 ids_list[i], lens[i] = ids, int(len(ids) * len(rows[i][2]) / len(h))
         for i, r in enumerate(rows):
             if lens[i] > LONG_PROMPT_TOKENS:
