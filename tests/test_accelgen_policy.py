@@ -7,6 +7,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from policies.accelgen.chunk import ChunkSizer
 from policies.accelgen.gate import PagedPhysicalGate
 from policies.accelgen.packing import alignment, dominant_share
 from policies.accelgen.policy import AccelGenPolicy
@@ -197,3 +198,20 @@ def test_property_plan_meets_tightest_slo_and_never_exceeds_kv(waiting, running,
     else:
         assert plan.admit == ()
     assert sum(a.prefill_tokens for a in plan.admit) <= plan.token_budget - len(running) or plan.admit == ()
+
+
+def test_online_refit_adopts_the_measured_model() -> None:
+    """A1's online refit: measured iterations from a 2x slower machine make the budget shrink."""
+    slow = IterationLatencyModel(c0_s=0.003, c_tok_s=4.4e-5, c_attn_prefill_s=2.1e-9, c_attn_decode_s=1.1e-7)
+    pol = AccelGenPolicy(MODEL, config=cfg(refit_interval=20), online_refit=True)
+    running = tuple(r(f"r{i}", 800, 40.0) for i in range(8))
+    view = SchedulerView(0.0, (w("long", 0.0, 20_000),), running, PoolView(200_000, 150_000))
+    before = pol.plan(view).token_budget
+    for k in range(40):
+        shape = BatchShape(prefill=(((k * 37) % 900 + 16, (k * 101) % 3000),), decode_ctx=(500 + k,) * (k % 12))
+        pol.observe_iteration(shape, slow.iteration_s(shape))
+    assert pol.fitter is not None and pol.fitter.refits >= 1
+    after = pol.plan(view).token_budget
+    assert after < before
+    assert pol.latency is pol.fitter.model  # later budgets are sized with the refitted model
+    assert after == ChunkSizer(pol.fitter.model, 32, 8192).budget(0.040, (800,) * 8, 0)

@@ -50,8 +50,9 @@ class AccelGenPolicy(Policy):
         self.gate: KVGate = options.get("gate") or PagedPhysicalGate()
         self.sizer = ChunkSizer(latency, self.cfg.min_budget, self.cfg.max_budget)
         self.fitter: OnlineLatencyFitter | None = None
-        if options.get("online_refit") and isinstance(latency, IterationLatencyModel):
-            self.fitter = OnlineLatencyFitter(latency, refit_every=self.cfg.refit_interval)
+        base_model = latency if isinstance(latency, IterationLatencyModel) else getattr(latency, "latency", None)
+        if options.get("online_refit") and isinstance(base_model, IterationLatencyModel):  # a profile wraps one
+            self.fitter = OnlineLatencyFitter(base_model, refit_every=self.cfg.refit_interval)
         self._min_tbt_cache: dict[int, float] = {}
         self.packing = True  # subclasses that fix their own order (the Oracle) turn A3's window off
         self.strict = False  # ... and stop at the first refusal instead of backfilling
