@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from policies.accelgen.chunk import ChunkSizer, is_best_effort, min_feasible_tbt_ms
+from policies.accelgen.chunk import ChunkSizer, classify_slo, is_best_effort, min_feasible_tbt_ms
 from policies.latency import BatchShape, IterationLatencyModel
 
 MODEL = IterationLatencyModel(
@@ -88,3 +88,14 @@ def test_min_feasible_tbt() -> None:
     assert is_best_effort(MODEL, m * 0.5)
     assert not is_best_effort(MODEL, m * 2)
     assert not is_best_effort(MODEL, None)
+
+
+def test_classify_slo_bad_input() -> None:
+    m = min_feasible_tbt_ms(MODEL, 1000)
+    assert classify_slo(MODEL, 0.0, 50.0)[0] == "reject"
+    assert classify_slo(MODEL, 500.0, -1.0)[0] == "reject"
+    assert classify_slo(MODEL, 500.0, float("nan"))[0] == "reject"
+    kind, why = classify_slo(MODEL, 500.0, m * 0.9, 1000)
+    assert kind == "best_effort" and "minimum possible iteration time" in why
+    assert classify_slo(MODEL, 500.0, m * 1.1, 1000) == ("ok", "")
+    assert classify_slo(MODEL, None, None) == ("ok", "")

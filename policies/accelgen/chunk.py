@@ -28,6 +28,7 @@ request with HTTP 400 instead.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from policies.latency import BatchShape, LatencyModel
@@ -42,6 +43,21 @@ def min_feasible_tbt_ms(latency: LatencyModel, context_len: int = 1) -> float:
 def is_best_effort(latency: LatencyModel, tbt_slo_ms: float | None, context_len: int = 1) -> bool:
     """True when a TBT SLO is present but below the minimum possible iteration time (see module docstring)."""
     return tbt_slo_ms is not None and tbt_slo_ms < min_feasible_tbt_ms(latency, context_len)
+
+
+def classify_slo(
+    latency: LatencyModel, ttft_ms: float | None, tbt_ms: float | None, context_len: int = 1
+) -> tuple[str, str]:
+    """Admission check a host runs on a request's SLOs: ``("reject", why)`` for a zero, negative or non-finite
+    SLO (HTTP 400), ``("best_effort", why)`` for a TBT SLO below :func:`min_feasible_tbt_ms` (served, flagged,
+    never starved; the host may choose to reject it instead), else ``("ok", "")``."""
+    for name, v in (("ttft", ttft_ms), ("tbt", tbt_ms)):
+        if v is not None and not (math.isfinite(v) and v > 0):
+            return "reject", f"{name} SLO must be a positive number of milliseconds, got {v}"
+    floor = min_feasible_tbt_ms(latency, context_len) if tbt_ms is not None else 0.0
+    if tbt_ms is not None and tbt_ms < floor:
+        return "best_effort", f"tbt SLO {tbt_ms:g} ms is below the minimum possible iteration time {floor:.2f} ms"
+    return "ok", ""
 
 
 class ChunkSizer:
