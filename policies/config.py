@@ -138,7 +138,7 @@ class ExtConfig:
     default_ttft_slo_ms: float = opt(0.0, "TTFT SLO for requests that carry none (0 = no objective).")
     default_tbt_slo_ms: float = opt(0.0, "TBT SLO for requests that carry none (0 = no objective).")
     log_decisions: bool = opt(False, "Log every policy decision in the scheduler (debug).")
-    latency_profile: str = opt("cpu-tiny", "Latency profile (eval.profiles name) the policies start from.")
+    latency_profile: str = opt("cpu-tiny-torch", "Latency profile (eval.profiles name) the policies start from.")
     sglang: SGLangBaselineConfig = field(default_factory=SGLangBaselineConfig)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     cacheopt: CacheOptConfig = field(default_factory=CacheOptConfig)

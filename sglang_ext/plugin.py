@@ -14,6 +14,7 @@ service when asked. Scheduler: the adapter hooks in :mod:`sglang_ext.adapter.hoo
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import sys
@@ -38,14 +39,43 @@ def _around_from_cli_args(original: Any, cls: Any, args: Any, *rest: Any, **kwar
     except config.ConfigError as e:
         print(f"sglang_ext: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    config.publish(cfg)
+    if cfg.enabled:
+        _check_latency_profile(cfg.latency_profile)
     server_args = original(cls, args, *rest, **kwargs)
+    cfg = _mirror_sglang_flags(cfg, server_args)
+    config.publish(cfg)
     if cfg.policy in MIXED_CHUNK_POLICIES and not server_args.enable_mixed_chunk:
         server_args.enable_mixed_chunk = True
         logger.info("sglang_ext: --ext-policy %s batches decodes with prefill chunks: mixed chunk on", cfg.policy)
     if cfg.enabled and cfg.predictor.mode == "service" and not cfg.predictor.endpoint:
         _start_predictor_service(cfg)
     return server_args
+
+
+def _check_latency_profile(name: str) -> None:
+    from eval import profiles
+
+    try:
+        profiles.get(name)
+    except ValueError as e:
+        print(f"sglang_ext: --ext-latency-profile: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _mirror_sglang_flags(cfg: Any, server_args: Any) -> Any:
+    """In the server, SGLang's own flags are the truth for the ``sglang`` section (the simulator sets it from
+    ``--ext-sglang-*``): the baseline policy must mirror the scheduler it runs in."""
+    sg = cfg.sglang
+    policy = server_args.schedule_policy if server_args.schedule_policy in ("fcfs", "lpm") else sg.schedule_policy
+    chunk = server_args.chunked_prefill_size
+    mirrored = dataclasses.replace(
+        sg,
+        schedule_policy=policy,
+        schedule_conservativeness=float(server_args.schedule_conservativeness),
+        chunked_prefill_size=int(chunk) if chunk and chunk > 0 else sg.chunked_prefill_size,
+        retraction_policy=server_args.retraction_policy or sg.retraction_policy,
+    )
+    return dataclasses.replace(cfg, sglang=mirrored)
 
 
 def _start_predictor_service(cfg: Any) -> None:

@@ -1,0 +1,138 @@
+"""The demo (the README's first command): stock SGLang vs SGLang + extension on the embedded tiny model, one run.
+
+Both servers get the same small KV pool (KV competition on purpose) and the same slice of a real trace (Azure 2023
+conversation lengths, scaled to the tiny model), replayed open-loop with the same seeded Poisson arrivals and the
+same per-request SLOs. Prints a side-by-side table and writes ``<out>/demo.png`` and ``<out>/demo.json``.
+Servers are started and stopped in turn; each is stopped by PID on success, failure and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from eval.loadgen import run_load
+from eval.metrics import write_records
+from eval.server import ServerProcess, cpu_server_args
+from eval.workloads import RequestSpec, load_workload
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE_ROWS = (
+    "completed", "failed", "throughput_tok_s", "goodput_rps", "ttft_p50_ms", "ttft_p99_ms", "tbt_p99_ms",
+    "stall_p50_ms", "stall_p99_ms", "e2e_p99_ms", "ttft_slo_attainment", "tbt_slo_attainment", "slo_attainment",
+    "preemptions",
+)  # fmt: skip
+LOWER_IS_BETTER = ("failed", "_ms", "preemptions")
+
+
+def demo_workload(args: argparse.Namespace) -> list[RequestSpec]:
+    specs = load_workload("azure-conv", num_requests=args.num_requests, rate=args.rate, seed=args.seed,
+                          scale=args.scale, max_context=2048)  # fmt: skip
+    return [dataclasses.replace(s, ttft_slo_ms=args.ttft_slo_ms, tbt_slo_ms=args.tbt_slo_ms) for s in specs]
+
+
+def run_side(name: str, extra: list[str], specs: list[RequestSpec], args: argparse.Namespace) -> dict[str, Any]:
+    server_args = cpu_server_args(pool_tokens=args.pool_tokens, extra=extra)
+    out = Path(args.out)
+    print(f"[demo] starting {name} server ({' '.join(extra) or 'stock flags'}) ...", flush=True)
+    with ServerProcess(server_args, log_path=out / f"server_{name}.log") as srv:
+        print(f"[demo] {name}: healthy after {srv.startup_s:.1f} s; replaying {len(specs)} requests", flush=True)
+        records, summary = run_load(srv.base_url, specs, mode=args.mode, seed=args.seed, flush_cache=True,
+                                    metadata={"side": name, "server_args": server_args})  # fmt: skip
+        summary["startup_s"] = srv.startup_s
+    write_records(out / f"requests_{name}.jsonl", records)
+    return summary
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:.0f}"
+    return str(v)
+
+
+def table(stock: dict[str, Any], ext: dict[str, Any], label: str) -> str:
+    lines = [f"| metric | stock SGLang | {label} | stock/{label} |", "|---|---:|---:|---:|"]
+    for key in TABLE_ROWS:
+        a, b = stock.get(key), ext.get(key)
+        ratio = "-"
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b:
+            ratio = f"{a / b:.2f}x"
+        lines.append(f"| {key} | {_fmt(a)} | {_fmt(b)} | {ratio} |")
+    return "\n".join(lines)
+
+
+def plot(stock: dict[str, Any], ext: dict[str, Any], label: str, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    keys = ["ttft_p99_ms", "tbt_p99_ms", "stall_p99_ms", "e2e_p99_ms"]
+    xs = range(len(keys))
+    ax1.bar([x - 0.2 for x in xs], [stock[k] or 0 for k in keys], 0.4, label="stock SGLang")
+    ax1.bar([x + 0.2 for x in xs], [ext[k] or 0 for k in keys], 0.4, label=label)
+    ax1.set_xticks(list(xs), [k.replace("_ms", "") for k in keys])
+    ax1.set_ylabel("ms (log)")
+    ax1.set_yscale("log")
+    ax1.set_title("tail latency (lower is better)")
+    ax1.legend()
+    keys2 = ["ttft_slo_attainment", "tbt_slo_attainment", "slo_attainment"]
+    xs2 = range(len(keys2))
+    ax2.bar([x - 0.2 for x in xs2], [stock[k] for k in keys2], 0.4, label="stock SGLang")
+    ax2.bar([x + 0.2 for x in xs2], [ext[k] for k in keys2], 0.4, label=label)
+    ax2.set_xticks(list(xs2), ["TTFT", "TBT", "both"])
+    ax2.set_ylim(0, 1.05)
+    ax2.set_title("SLO attainment (higher is better)")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m eval.demo", description=__doc__.splitlines()[0])
+    ap.add_argument("--policy", default="cacheopt", help="extension policy to compare with stock (--ext-policy)")
+    ap.add_argument("--num-requests", type=int, default=160)
+    ap.add_argument("--rate", type=float, default=6.0, help="Poisson arrivals, requests/s")
+    ap.add_argument("--scale", type=float, default=4.0, help="divide the trace's lengths by this")
+    ap.add_argument("--pool-tokens", type=int, default=1536, help="KV pool (--max-total-tokens) of both servers")
+    ap.add_argument("--ttft-slo-ms", type=float, default=3000.0)
+    ap.add_argument("--tbt-slo-ms", type=float, default=150.0)
+    ap.add_argument("--mode", default="cap", choices=("cap", "exact"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ext-args", default="", help="more --ext-* flags for the extension side, space-separated")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "demo"))
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    specs = demo_workload(args)
+    label = f"+ext {args.policy}"
+    try:
+        stock = run_side("stock", [], specs, args)
+        ext = run_side(args.policy, ["--ext-policy", args.policy, *args.ext_args.split()], specs, args)
+    except KeyboardInterrupt:
+        print("[demo] interrupted; servers stopped", file=sys.stderr)
+        return 130
+    title = (f"azure-conv x{len(specs)} (lengths /{args.scale:g}), Poisson {args.rate:g} req/s, pool "
+             f"{args.pool_tokens} tokens, mode={args.mode}, SLO TTFT {args.ttft_slo_ms:g} ms / TBT "
+             f"{args.tbt_slo_ms:g} ms")  # fmt: skip
+    md = table(stock, ext, label)
+    print(f"\n{title}\n\n{md}\n")
+    plot(stock, ext, label, out / "demo.png", title)
+    (out / "demo.json").write_text(json.dumps({"title": title, "stock": stock, args.policy: ext}, indent=2))
+    (out / "demo.md").write_text(f"{title}\n\n{md}\n")
+    print(f"[demo] wrote {out / 'demo.png'}, {out / 'demo.json'} in {time.monotonic() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
