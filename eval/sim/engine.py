@@ -10,8 +10,11 @@ fails loudly when a policy breaks them or stops making progress.
 
 Host rules that mirror SGLang's server (``scheduler.py`` ``init_req_max_new_tokens`` and input validation): a
 prompt of ``capacity - 6`` tokens or more is rejected with a reason; the visible ``max_new_tokens`` is capped at
-``capacity - 2 - prompt``. A re-prefilled (recomputed) request samples its next token at the end of the
-prefill, as SGLang's retracted requests do.
+``capacity - 2 - prompt`` and at ``capacity - ceil_page(prompt) - page - 1`` (``max_new_tokens_for_memory``: a
+request alone in an empty pool is always admissible). A re-prefilled (recomputed) request samples its next
+token at the end of the prefill, as SGLang's retracted requests do. All admitted prefixes are locked before any
+allocation of the iteration (SGLang forms the whole batch before ``prepare_for_extend`` allocates), so a policy
+accounts a hit as pinned: it leaves the evictable pool when its request is admitted.
 """
 
 from __future__ import annotations
@@ -143,16 +146,19 @@ class Simulator:
             r.version += 1
         prefills: list[tuple[SimRequest, int, int]] = []
         resumed: list[SimRequest] = []
-        for a in plan.admit:
+        admitted = []
+        for a in plan.admit:  # lock every admitted prefix first, so no allocation below evicts one of them
             r = self.prefilling.get(a.rid) or self.waiting.get(a.rid)
-            if r is None or any(a.rid == q.rid for q, _, _ in prefills):
+            if r is None or any(a.rid == q.rid for q, _ in admitted):
                 raise PolicyError(f"admit of {a.rid!r}: not waiting (or admitted twice)")
+            if r.state == WAITING and not r.host_tokens:
+                self._start_prefill(r)
+            admitted.append((r, a))
+        for r, a in admitted:
             if r.host_tokens:
                 extra_s += self._swap_in(r)
                 resumed.append(r)
                 continue
-            if r.state == WAITING:
-                self._start_prefill(r)
             n = a.prefill_tokens
             before = r.prefilled_len
             if not 0 < n <= r.seq_len - before:
@@ -238,8 +244,8 @@ class Simulator:
 
     # --- request lifecycle ----------------------------------------------------------------------------------
     def _arrive(self, spec: RequestSpec) -> None:
-        cap = self.pool.capacity
-        max_new = min(spec.max_new_tokens, cap - 2 - spec.prompt_len)
+        cap, page = self.pool.capacity, self.pool.page_size
+        max_new = min(spec.max_new_tokens, cap - 2 - spec.prompt_len, cap - self.pool.pages(spec.prompt_len) - page - 1)
         if spec.prompt_len <= 0 or spec.prompt_len >= cap - 6 or max_new < 1:
             rec = SimRequest(spec, 1, (), (), None).record
             rec.error = f"rejected: prompt of {spec.prompt_len} tokens does not fit the KV pool of {cap} tokens"
@@ -261,8 +267,7 @@ class Simulator:
     def _match(self, r: SimRequest) -> tuple[list, int]:
         nodes, hit = self.pool.cache.match(r.blocks, r.block_lens)
         while nodes and hit >= r.seq_len:  # at least one token is always computed (SGLang does the same)
-            hit -= min(nodes[-1].tokens, r.block_lens[len(nodes) - 1])
-            nodes.pop()
+            hit -= nodes.pop().tokens
         return nodes, hit
 
     def _start_prefill(self, r: SimRequest) -> None:

@@ -46,16 +46,18 @@ class RadixCache:
 
     def match(self, blocks: Sequence[Hashable], lens: Sequence[int]) -> tuple[list[Node], int]:
         """Nodes of the longest cached prefix of ``blocks`` (block ``i`` holds ``lens[i]`` prompt tokens) and
-        the tokens they cover. A partial node covers part of its block and ends the match."""
+        the tokens they cover. Equal ids are equal content, so a node matches only a block of its own length
+        (page-floored); a block shorter than a page, or a floored one, ends the match."""
         node = self.root
         path: list[Node] = []
         hit = 0
+        page = self.page_size
         for b, n in zip(blocks, lens, strict=False):
             child = node.children.get(b)
-            if child is None or child.tokens == 0:
+            if child is None or child.tokens != n // page * page or child.tokens == 0:
                 break
             path.append(child)
-            hit += min(child.tokens, n)
+            hit += child.tokens
             if child.tokens < n:
                 break
             node = child
