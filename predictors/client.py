@@ -152,7 +152,8 @@ class PredictorClient:
     def push_stats(self, arrival_rate: float, capacity_tokens: int, used_tokens: int, running: int) -> None:
         """Send pool statistics; the reply (confidence, reserve tokens) is read by :meth:`reservation`."""
         pool = {"capacity_tokens": int(capacity_tokens), "used_tokens": int(used_tokens), "running": int(running)}
-        self._send({"v": VERSION, "type": "stats", "arrival_rate": float(arrival_rate), "pool": pool})
+        if not self._send({"v": VERSION, "type": "stats", "arrival_rate": float(arrival_rate), "pool": pool}):
+            self.counters["stats_dropped"] += 1  # stats are periodic: the next push replaces this one
 
     def reservation(self) -> tuple[float, int] | None:
         """Last (confidence, global reserve tokens) decided by the service, or None before any."""
