@@ -43,8 +43,9 @@ class SGLangBaselineConfig:
 class PredictorConfig:
     """Output-length prediction (C1) and the ZMQ predictor service."""
 
-    mode: str = opt("off", "Where bounds come from: off (no predictor), service (ZMQ side process).",
-                    ("off", "service"))  # fmt: skip
+    mode: str = opt("off", "Where bounds come from: off (policies use max_new_tokens), online (in-process "
+                    "quantile of finished lengths, for prompts without text), service (ZMQ xgboost side process).",
+                    ("off", "online", "service"))  # fmt: skip
     endpoint: str = opt("", "ZMQ endpoint of a running predictor service; empty = start one beside the server.")
     model_path: str = opt("", "Trained predictor model directory (predictors.train output).")
     bound: str = opt("conformal", "Bound kind added to the point estimate (docs/predictor.md).",
@@ -72,6 +73,8 @@ class CacheOptConfig:
     demand: bool = opt(True, "C1: estimate KV demand from the bounded predicted length (off: max_new_tokens).")
     reuse: bool = opt(True, "C2: let waiting requests reuse running requests' allocated-but-unused KV.")
     reuse_buffer: int = opt(8, "C2: safety buffer (tokens) in the reuse condition.")
+    reuse_scope: str = opt("batch", "C2: reuse the unused tails of one host (the paper's pairwise condition) or of "
+                           "the whole running batch (its predicted KV peak).", ("host", "batch"))  # fmt: skip
     topup: bool = opt(True, "C3: extend allocations proactively before they run out.")
     topup_horizon: int = opt(2, "C3: top up when fewer than this many iterations of room remain.")
     topup_tokens: int = opt(32, "C3: tokens added per top-up.")

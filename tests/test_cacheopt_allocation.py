@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from policies.cacheopt.allocation import order_waiting
+from policies.cacheopt.allocation import Timeline, order_waiting
 from policies.cacheopt.gate import CacheOptGate
 from tests.cacheopt_views import FakeLatency, config, running, view, waiting
 
@@ -10,6 +10,7 @@ LAT = FakeLatency()
 
 
 def gate(**kw) -> CacheOptGate:
+    kw.setdefault("reuse_scope", "host")  # the paper's pairwise condition; batch reuse is tested below
     return CacheOptGate(config(**kw), LAT)
 
 
@@ -159,3 +160,43 @@ def test_host_overrunning_its_own_share_is_counted() -> None:
     run = [running("h", prompt=100, out=400, alloc=600), running("g", prompt=100, out=1, alloc=150)]
     g.begin(view(run, capacity=600, free=0))
     assert g.counters["committed"] == 650
+
+
+def brute_peak(entries, horizon=2000):
+    return max(sum(u + k for u, e in entries if k <= e) for k in range(horizon))
+
+
+def test_timeline_peak_matches_brute_force() -> None:
+    entries = [(100, 5), (50, 40), (300, 0), (10, 12), (70, 40)]
+    t = Timeline(entries)
+    assert t.peak() == brute_peak(entries)
+    for now, steps in ((20, 3), (20, 12), (200, 100), (1, 0), (5, 40)):
+        assert t.peak_with(now, steps) == brute_peak([*entries, (now, steps)])
+    t.add(20, 12)
+    assert t.peak() == brute_peak([*entries, (20, 12)])
+    assert Timeline([]).peak_with(10, 5) == 15
+
+
+def test_batch_reuse_admits_into_tails_that_free_in_time() -> None:
+    # two requests allocated 500 each (capacity 1000: nothing unallocated); "soon" ends in 10 steps
+    run = [running("soon", prompt=100, out=0, alloc=110), running("late", prompt=100, out=0, alloc=890)]
+    g = CacheOptGate(config(reserve_tokens=0), LAT)
+    g.begin(view(run, capacity=1000))
+    # peak with a guest of 300 + 50: max(before soon ends: 100+10 + 100+10 + 301+10 = 531, later: 100+50+301+50 = 501)
+    a = g.admit(waiting("g", prompt=300, bound=50), 300)
+    assert a is not None and a.host_rid is None and g.counters["reuse"] == 1
+    assert g.counters["committed"] == 1000  # the guest is not added to the sum: it borrows the tails
+    # a second, bigger guest would push the peak past the pool: 100+790+301+... > 1000
+    assert g.admit(waiting("h", prompt=400, bound=400), 400) is None
+
+
+def test_host_scope_refuses_what_batch_scope_admits() -> None:
+    # three requests end in 10 steps, three in 100; the pool is fully allocated (sum 930)
+    run = [running(f"r{i}", prompt=100, out=0, alloc=110 if i < 3 else 200) for i in range(6)]
+    w = waiting("g", prompt=60, bound=20)  # pairwise needs 60 + 40 + 8 = 108 > the largest room (100)
+    g = CacheOptGate(config(reserve_tokens=0, reuse_scope="host"), LAT)
+    g.begin(view(run, capacity=930))
+    assert g.admit(w, 60) is None
+    g = CacheOptGate(config(reserve_tokens=0, reuse_scope="batch"), LAT)
+    g.begin(view(run, capacity=930))
+    assert g.admit(w, 60) is not None  # predicted peak with it: 6 * (101 + 10) + 61 + 10 = 737 <= 930

@@ -65,7 +65,7 @@ def test_c3_off_no_topups_no_reserve() -> None:
 def test_host_tops_up_on_its_own_room_after_lending() -> None:
     from tests.cacheopt_views import waiting
 
-    g = gate(reserve_tokens=0, topup_horizon=2, topup_tokens=16)
+    g = gate(reserve_tokens=0, topup_horizon=2, topup_tokens=16, reuse_scope="host")
     host = running("h", prompt=100, out=0, alloc=400)  # room 300
     g.begin(view([host], capacity=400))
     assert g.admit(waiting("g", prompt=100, bound=90), 100).host_rid == "h"  # 100 + 180 + 8 <= 300; lends 190

@@ -18,6 +18,15 @@ prompt and output *and* the host's growth during the guest's life (one token per
 The guest borrows ``guest_prompt + guest_output`` tokens; they are subtracted from the sum once (they are inside the
 host's allocation), so nothing is double counted. When the guest finishes, its borrowed tokens return to the host's
 room; when the host leaves first, the guest's allocation simply counts in full (never more than the host freed).
+
+Batch reuse (``--ext-cacheopt-reuse-scope batch``, the default): the pairwise condition above is the two-request case
+of a more general one. Every running request frees its whole KV when it ends, and until then grows by one token
+per decode step, so the batch's *future* KV use is a sawtooth whose peak is far below the sum of allocations. A
+waiting request may borrow the allocated-but-unused tails of the whole batch when the predicted peak, with it,
+stays within ``capacity - reserve`` (:class:`Timeline`; each request is assumed to end at its allocation's end,
+i.e. at its bounded estimate, and one that already overran to go on for another top-up). Such a *batch guest*
+borrows its whole allocation: it is left out of the sum like a pairwise guest, and every later admission (guest or
+not) must keep the predicted peak within bounds, so a tail is never lent twice.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ from policies.views import RunningView, WaitingView
 class Ledger:
     """Per-request allocations, reuse loans and reserve draws, kept across iterations by the gate."""
 
-    __slots__ = ("alloc", "borrowed", "draws", "guest", "guests_of")
+    __slots__ = ("alloc", "borrowed", "draws", "guest", "guests_of", "output")
 
     def __init__(self) -> None:
         self.alloc: dict[str, int] = {}  # rid -> tokens accounted (admitted demand + top-ups)
@@ -42,14 +51,16 @@ class Ledger:
         self.borrowed: dict[str, int] = {}  # host rid -> tokens lent to its live guests
         self.guests_of: dict[str, list[str]] = {}
         self.draws: dict[str, int] = {}  # rid -> reserve tokens drawn (C3)
+        self.output: dict[str, int] = {}  # rid -> output tokens its admitted allocation covers (for the timeline)
 
     def drop(self, rid: str) -> None:
         """Forget a request that finished or was preempted: its allocation and reserve draw return, a guest's loan
         returns to its host, and a host's guests become independent."""
         self.alloc.pop(rid, None)
         self.draws.pop(rid, None)
+        self.output.pop(rid, None)
         loan = self.guest.pop(rid, None)
-        if loan is not None:
+        if loan is not None and loan[0] != BATCH:
             host, tokens = loan
             if host in self.borrowed:
                 self.borrowed[host] -= tokens
@@ -60,11 +71,15 @@ class Ledger:
             del self.guest[g]
         self.borrowed.pop(rid, None)
 
-    def reconcile(self, live: dict[str, RunningView], pending: str | None) -> None:
-        """Drop every entry that is neither running nor the request whose chunked prefill is in progress."""
-        stale = [rid for rid in self.alloc if rid not in live and rid != pending]
+    def reconcile(self, live: dict[str, RunningView], pending: frozenset[str]) -> None:
+        """Drop every entry that is neither running nor mid-way through its chunked prefill (``pending``)."""
+        stale = [rid for rid in self.alloc if rid not in live and rid not in pending]
         for rid in stale:
             self.drop(rid)
+
+    def lend_batch(self, guest: str, tokens: int) -> None:
+        """A batch guest (no single host: it lives in the tails of the whole batch)."""
+        self.guest[guest] = (BATCH, tokens)
 
     def lend(self, host: str, guest: str, tokens: int) -> None:
         self.guest[guest] = (host, tokens)
@@ -72,12 +87,12 @@ class Ledger:
         self.guests_of.setdefault(host, []).append(guest)
 
     def scan(
-        self, running: Sequence[RunningView], live: dict[str, RunningView], pending: str | None, horizon: int
+        self, running: Sequence[RunningView], live: dict[str, RunningView], pending: frozenset[str], horizon: int
     ) -> tuple[int, list[RunningView], int]:
         """One pass over the running batch: the committed total (left side of the invariant, without the reserve),
         the requests whose own room is below ``horizon`` tokens (C3 top-up candidates) and an upper bound on any
         request's room (so a reuse lookup that cannot succeed costs nothing). A host's own room excludes what it
-        lent; a request mid-way through its chunked prefill (``pending``) counts its allocation."""
+        lent; a request mid-way through its chunked prefill (in ``pending``) counts its allocation."""
         alloc = self.alloc
         borrowed = self.borrowed
         total = 0
@@ -96,7 +111,7 @@ class Ledger:
             if room < horizon:
                 low.append(r)
         for host, lent in borrowed.items():
-            r = live[host]
+            r = live[host]  # pairwise hosts only: batch guests have no host entry
             a = alloc.get(host, r.kv_allocated)
             u = r.kv_used
             total += max(a, u + lent) - max(a, u)
@@ -104,14 +119,66 @@ class Ledger:
                 low.append(r)
         for _host, tokens in self.guest.values():
             total -= tokens
-        if pending is not None and pending not in live:
-            total += alloc.get(pending, 0)
+        for rid in pending:
+            if rid not in live:
+                total += alloc.get(rid, 0)
         return total, low, max_room
 
     def host_room(self, r: RunningView) -> int:
         """Empty allocated tail a host still has for itself (after what it lent)."""
         a = self.alloc.get(r.rid, r.kv_allocated)
         return a - r.kv_used - self.borrowed.get(r.rid, 0)
+
+
+BATCH = ""  # the "host" of a batch guest
+
+
+class Timeline:
+    """Predicted KV use of the running batch over the coming decode steps (C2 batch reuse).
+
+    Request i holds ``used_i`` tokens now, grows one per step and frees everything after ``end_i`` steps. Use only
+    drops at an end, so the peak is reached just before one: ``U_j = sum_{end_i >= end_j} (used_i + end_j)``,
+    computed for all j at once from the requests sorted by end (suffix sums). A candidate (``now`` tokens at once,
+    ``steps`` of output) adds ``now + k`` up to step ``steps``; :meth:`peak_with` evaluates the peak with it.
+    """
+
+    __slots__ = ("_ends", "_peak_at", "_used")
+
+    def __init__(self, entries: Sequence[tuple[int, int]]) -> None:
+        arr = np.asarray(entries, dtype=np.int64).reshape(-1, 2)
+        order = np.argsort(arr[:, 1], kind="stable")
+        self._used = arr[order, 0]
+        self._ends = arr[order, 1]
+        self._refresh()
+
+    def _refresh(self) -> None:
+        n = self._ends.size
+        suffix = np.cumsum(self._used[::-1])[::-1]
+        self._peak_at = suffix + self._ends * np.arange(n, 0, -1, dtype=np.int64)
+
+    def peak(self) -> int:
+        return int(self._peak_at.max()) if self._ends.size else 0
+
+    def peak_with(self, now: int, steps: int) -> int:
+        ends = self._ends
+        if ends.size == 0:
+            return now + steps
+        k = int(np.searchsorted(ends, steps, side="left"))  # requests [k:] end at or after the candidate
+        before = self._peak_at[:k] + now + ends[:k]  # events while the candidate is alive
+        after = self._peak_at[k:]  # events after it has left
+        at_end = int(self._used[k:].sum()) + steps * (ends.size - k) + now + steps
+        best = at_end
+        if before.size:
+            best = max(best, int(before.max()))
+        if after.size:
+            best = max(best, int(after.max()))
+        return best
+
+    def add(self, now: int, steps: int) -> None:
+        k = int(np.searchsorted(self._ends, steps, side="left"))
+        self._ends = np.insert(self._ends, k, steps)
+        self._used = np.insert(self._used, k, now)
+        self._refresh()
 
 
 class HostIndex:

@@ -23,7 +23,7 @@ swap-in, ``seq_len - cached_len`` tokens of physical KV). Two guarantees per pas
 
 from __future__ import annotations
 
-from policies.cacheopt.allocation import HostIndex, Ledger
+from policies.cacheopt.allocation import HostIndex, Ledger, Timeline
 from policies.cacheopt.demand import demand
 from policies.cacheopt.swap import choose_mode
 from policies.cacheopt.topup import plan_topups, reserve_left
@@ -47,6 +47,7 @@ class CacheOptGate:
         self._view: SchedulerView | None = None
         self._topups: tuple[tuple[str, int], ...] = ()
         self._hosts: HostIndex | None = None
+        self._timeline: Timeline | None = None
         self._committed = 0
         self._reserve = 0
         self._capacity = 0
@@ -70,7 +71,7 @@ class CacheOptGate:
         led = self.ledger
         running = view.running
         live = {r.rid: r for r in running}
-        pending = view.chunked_rid
+        pending = _prefilling(view, cfg.waiting_window)
         led.reconcile(live, pending)
         horizon = cfg.topup_horizon if cfg.topup else -1 << 62
         committed, low, self._max_room = led.scan(running, live, pending, horizon)
@@ -87,6 +88,7 @@ class CacheOptGate:
         self._view = view
         self._topups = tuple(topups)
         self._hosts = None
+        self._timeline: Timeline | None = None
         self._committed = committed
         self._reserve = reserve
         self._capacity = capacity
@@ -121,8 +123,18 @@ class CacheOptGate:
             return None
         need = min(d.total, limit)  # a demand larger than the pool is capped, so it is admitted when the pool empties
         host = None
-        if self._committed + need > limit:
-            host = self._reuse_host(d.prompt, d.output) if self.cfg.reuse else None
+        if self._committed + need <= limit and (not led.guest or self._timeline_ok(d.prompt, d.output, limit)):
+            self._committed += need
+        elif not self.cfg.reuse:
+            return None
+        elif self.cfg.reuse_scope == "batch":
+            if not self._timeline_ok(d.prompt, d.output, limit):
+                return None
+            need = d.total  # a batch guest borrows its whole allocation from the batch's tails
+            led.lend_batch(req.rid, need)
+            self.counters["reuse"] += 1
+        else:
+            host = self._reuse_host(d.prompt, d.output)
             if host is None:
                 return None
             need = d.total  # a guest's allocation is exactly what it borrows from its host
@@ -130,8 +142,9 @@ class CacheOptGate:
             if host not in led.alloc:
                 led.alloc[host] = self._view_alloc(host)
             self.counters["reuse"] += 1
-        else:
-            self._committed += need
+        if self._timeline is not None:
+            self._timeline.add(d.prompt, d.output)
+        led.output[req.rid] = d.output
         led.alloc[req.rid] = need
         self._physical -= physical
         self.counters["admits"] += 1
@@ -171,6 +184,34 @@ class CacheOptGate:
                 return r.kv_allocated if r.kv_allocated > r.kv_used else r.kv_used
         return 0
 
+    def _timeline_ok(self, prompt: int, output: int, limit: int) -> bool:
+        """C2 batch reuse: does the batch's predicted KV peak, with this request, stay within ``limit``?"""
+        if self._timeline is None:
+            self._timeline = self._build_timeline()
+        return self._timeline.peak_with(prompt + self._page, output) <= limit
+
+    def _build_timeline(self) -> Timeline:
+        """(tokens now + a page, steps to its allocation's end) per request: running ones from the view (a host's
+        own end excludes what it lent; one past its allocation is expected to go on for another top-up), admitted
+        ones not yet running from the ledger."""
+        assert self._view is not None
+        led = self.ledger
+        alloc, lent = led.alloc, led.borrowed
+        extra = max(self.cfg.topup_tokens, 1)
+        page = self._page  # a partly filled last page per request
+        entries = []
+        live = set()
+        for r in self._view.running:
+            live.add(r.rid)
+            u = r.kv_used
+            room = alloc.get(r.rid, r.kv_allocated) - lent.get(r.rid, 0) - u
+            entries.append((u + page, room if room > 0 else extra))
+        for rid, a in alloc.items():
+            if rid not in live:
+                out = led.output.get(rid, 0)
+                entries.append((a - out + page, out))
+        return Timeline(entries)
+
     def _reuse_host(self, prompt: int, output: int) -> str | None:
         """Best-fit host whose empty tail holds the guest for its whole predicted life (C2 reuse condition)."""
         need = prompt + 2 * output + self.cfg.reuse_buffer
@@ -185,3 +226,12 @@ class CacheOptGate:
 def _host_of(led: Ledger, rid: str) -> str | None:
     loan = led.guest.get(rid)
     return loan[0] if loan is not None else None
+
+
+def _prefilling(view: SchedulerView, window: int) -> frozenset[str]:
+    """Requests whose chunked prefill is in progress: the host's ``chunked_rid`` and any partly prefilled request
+    near the head of the queue (hosts list them first; a batching policy may leave more than one in flight)."""
+    out = {w.rid for w in view.waiting[:window] if w.prefilled_len > 0 and not w.swapped_out}
+    if view.chunked_rid is not None:
+        out.add(view.chunked_rid)
+    return frozenset(out)
