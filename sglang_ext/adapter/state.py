@@ -17,6 +17,7 @@ from typing import Any
 from policies import base as policy_registry
 from policies.config import ExtConfig
 from policies.views import SLO, IterationPlan, LengthEstimate, PreemptMode, SchedulerView
+from predictors.online import OnlineLengthBound
 from sglang_ext.adapter import translate
 
 logger = logging.getLogger("sglang_ext")
@@ -54,6 +55,10 @@ class Adapter:
         self.plan_out: dict[str, int] = {}
         self._last_log = 0.0
         self.predictor = self._start_predictor()
+        self.online: OnlineLengthBound | None = None
+        if cfg.predictor.mode == "online":
+            self.online = OnlineLengthBound(cfg.predictor.alpha, cfg.predictor.beta)
+        self._rate = 0.0
         logger.info("sglang_ext: adapter active in scheduler pid=%d policy=%s", os.getpid(), cfg.policy)
 
     # --- clock and arrivals ------------------------------------------------------------------------------------
@@ -93,6 +98,10 @@ class Adapter:
         return PredictorClient(endpoint, fallback=pc.fallback)
 
     def _estimate(self, req: Any) -> LengthEstimate | None:
+        if self.online is not None:
+            est = self.online.estimate(int(req.sampling_params.max_new_tokens or 0), len(req.output_ids), self._rate)
+            self.counters["online_fallbacks" if est.fallback else "online_estimates"] += 1
+            return est
         if self.predictor is None:
             return None
         est = self.predictor.estimate(req.rid)
@@ -105,6 +114,7 @@ class Adapter:
     # --- views -------------------------------------------------------------------------------------------------
     def build_view(self, sched: Any, running_reqs: list[Any], chunked_req: Any) -> SchedulerView:
         now = self.now()
+        self._rate = self.arrival_rate(now)
         if self.predictor is not None:
             self.predictor.poll()
         self._track_tokens(running_reqs, now)
@@ -130,7 +140,7 @@ class Adapter:
         if chunked_req is not None:
             live.add(chunked_req.rid)
         self._reap_finished(live)
-        rate = self.arrival_rate(now)
+        rate = self._rate
         if self.predictor is not None:
             self.predictor.push_stats(rate, pool.capacity_tokens, pool.capacity_tokens - pool.free_tokens,
                                       len(running))  # fmt: skip
@@ -151,6 +161,8 @@ class Adapter:
         for rid in [r for r in self.known if r not in live]:
             out = self.known.pop(rid)
             self.policy.on_finish(rid, out)
+            if self.online is not None:
+                self.online.observe(out)
             if self.predictor is not None:
                 self.predictor.report_finish(rid, out)
             for d in (self.arrival, self.first_token, self.last_token, self.out_alloc, self.guest_of):
