@@ -82,6 +82,7 @@ class Simulator:
         rate_window_s: float = 60.0,
         check_invariants: bool = False,
         max_iterations: int = 100_000_000,
+        prefix_cache: bool = True,
     ) -> None:
         self.policy = policy
         self.latency = latency
@@ -91,6 +92,7 @@ class Simulator:
         self.rate_window_s = rate_window_s
         self.check = check_invariants
         self.max_iterations = max_iterations
+        self.prefix_cache = prefix_cache  # False: SGLang's --disable-radix-cache (no prefix reuse at all)
         self.oracle = bool(getattr(policy, "needs_oracle", False))
         self._wview = rq.oracle_waiting_view if self.oracle else rq.waiting_view
         self._rview = rq.oracle_running_view if self.oracle else rq.running_view
@@ -259,7 +261,7 @@ class Simulator:
         blocks = ids + tuple((spec.rid, j) for j in range(len(ids), nblocks))
         est = self.estimator(dataclasses.replace(spec, output_len=-1)) if self.estimator else None
         r = SimRequest(spec, max_new, blocks, lens, est)
-        r.match_epoch = -1 if ids else -2  # -2: only its own (private) blocks, nothing to match until prefilled
+        r.match_epoch = -1 if ids and self.prefix_cache else -2  # -2: nothing it could match yet
         self.requests.append(r)
         self.waiting[r.rid] = r
         self._arrivals.append(spec.arrival_s)
@@ -303,7 +305,7 @@ class Simulator:
         meanwhile is shared and this request's copy freed (SGLang's insert de-duplicates the same way)."""
         cache, pool, page = self.pool.cache, self.pool, self.pool.page_size
         k = len(r.nodes)
-        if k and r.nodes[-1].tokens < r.block_lens[k - 1]:
+        if not self.prefix_cache or (k and r.nodes[-1].tokens < r.block_lens[k - 1]):
             return
         parent = r.nodes[-1] if k else cache.root
         for j in range(k, len(r.blocks)):
@@ -351,7 +353,7 @@ class Simulator:
             r.host_tokens = tokens
             t = self.latency.swap_s(tokens)
             self.stats.swaps_out += 1
-        r.match_epoch = -1
+        r.match_epoch = -1 if self.prefix_cache else -2
         r.state = WAITING
         r.version += 1
         r.record.preemptions += 1
