@@ -22,6 +22,9 @@ from policies.config import ExtConfig
 from policies.latency import LatencyModel
 from policies.views import Admit, IterationPlan, Preempt, SchedulerView, WaitingView
 
+_PLAN_TOTALS = ("admits", "reuse", "topups", "reserve_draws", "never_fit")
+_TOTALS = (*_PLAN_TOTALS, "preempt_swap", "preempt_recompute")
+
 
 @register("cacheopt")
 class CacheOptPolicy(Policy):
@@ -36,6 +39,7 @@ class CacheOptPolicy(Policy):
         self.chunk = config.sglang.chunked_prefill_size
         self.gate = CacheOptGate(config.cacheopt, latency, reserve_tokens=options.get("reserve_tokens"))
         self._prefill_memo: dict[tuple[str, int, int], float] = {}
+        self.totals: dict[str, float] = dict.fromkeys(_TOTALS, 0.0)  # decision counters over the whole run
 
     def plan(self, view: SchedulerView) -> IterationPlan:
         gate = self.gate
@@ -63,6 +67,9 @@ class CacheOptPolicy(Policy):
         run_decodes = self.cfg.mixed_chunk or prefill == 0
         notes = dict(gate.counters)
         notes["never_fit"] = float(never_fit)
+        totals = self.totals
+        for k in _PLAN_TOTALS:
+            totals[k] += notes[k]
         return IterationPlan(
             admit=tuple(admits),
             token_budget=prefill + (len(view.running) if run_decodes else 0),
@@ -72,7 +79,10 @@ class CacheOptPolicy(Policy):
         )
 
     def choose_victims(self, view: SchedulerView, tokens_needed: int) -> tuple[Preempt, ...]:
-        return self.gate.victims(view, tokens_needed)
+        out = self.gate.victims(view, tokens_needed)
+        self.totals["preempt_swap"] += self.gate.counters["preempt_swap"]
+        self.totals["preempt_recompute"] += self.gate.counters["preempt_recompute"]
+        return out
 
     def on_finish(self, rid: str, output_len: int) -> None:
         self.gate.on_finish(rid)

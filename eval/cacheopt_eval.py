@@ -1,0 +1,331 @@
+"""CacheOPT evaluation in the simulator: ``sglang``, ``vllm``, ``sarathi`` vs ``cacheopt`` (C1-C5), with ablations and
+parameter sensitivity. Writes JSON + PNG + a markdown table to ``docs/results/cacheopt/``.
+
+Setup. Profiles ``h100-llama3-8b``, ``h100-llama2-13b``, ``a100-llama2-13b`` (eval.profiles: roofline latency, the
+profile's own KV pool, 16-token pages). Workloads ``azure-conv`` (Azure 2023 conversation trace lengths) and
+``sharegpt`` (ShareGPT length stats), Poisson arrivals, visible cap ``max_new_tokens = max(2 x true, 512)``
+(eval.workloads "auto"). Three SLO classes, equal shares, relative to each request's isolated latency (eval.slo):
+tight TTFT 5x / TBT 3x, medium 10x / 6x, loose 20x / 12x. Rates are multiples of a measured capacity: the
+completion rate of ``sglang`` when every request arrives at once, swept from light load to past saturation.
+
+Length estimates (C1). The workloads carry no prompt text, so the text predictor cannot run on them. Each request
+gets an estimate drawn from a log-normal error model fitted to the committed predictor's held-out residuals
+(``predictors/models/alpaca-mistral/residuals.json``: ``log(point/true)`` has standard deviation sigma ~ 0.65):
+``point = true * exp(N(0, sigma))`` and the calibrated bound ``point * exp(sigma * z(conf))`` with the paper's
+``conf = alpha / (1 + beta * rate)``, capped at ``max_new_tokens``. The policy never sees the true length. The
+sensitivity section varies sigma (predictor quality) and shows "no predictor" (C1 falls back to ``max_new_tokens``).
+
+Policies. ``cacheopt`` keeps SGLang's batching (prefill batches alternate with decode steps), so its differences from
+``sglang`` are KV management only; ``cacheopt-mixed`` additionally lets decodes ride along with the prefill chunk
+(``--ext-cacheopt-mixed-chunk``, SGLang's ``--enable-mixed-chunk``), which is a batching change, reported apart.
+
+Derived numbers: per rate the eval.metrics summary (p95/p99 TTFT, TBT, stall; TTFT/TBT/overall SLO attainment;
+preemptions; throughput) and CacheOPT's decision counters; per policy the highest rate with >= 90% SLO attainment
+(linear interpolation between the last swept rate that holds it and the next); the issue's targets at the highest
+swept rate where ``sglang`` still holds 90%.
+
+Usage: ``python -m eval.cacheopt_eval [--quick] [--out docs/results/cacheopt]`` (``--quick``: one profile and
+workload, 500 requests, four rates, a reduced ablation and sensitivity; < 3 min).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+from eval import profiles
+from eval.sim import Simulator
+from eval.slo import parse_slo
+from eval.workloads import RequestSpec, load_workload
+from policies import base
+from policies.config import CacheOptConfig, ExtConfig, PredictorConfig
+from policies.views import LengthEstimate
+from predictors.bounds import adapt_confidence
+
+SLO_SPEC = "tight=1:5x:3x,medium=1:10x:6x,loose=1:20x:12x"
+PAGE = 16
+RESIDUALS = Path(__file__).resolve().parent.parent / "predictors" / "models" / "alpaca-mistral" / "residuals.json"
+METRICS = ("ttft_p95_ms", "ttft_p99_ms", "tbt_p95_ms", "tbt_p99_ms", "stall_p95_ms", "stall_p99_ms",
+           "ttft_slo_attainment", "tbt_slo_attainment", "slo_attainment", "preemptions", "throughput_tok_s",
+           "completed", "failed")  # fmt: skip
+ABLATIONS = ("demand", "reuse", "topup", "victim", "swap_or_recompute")
+
+
+def predictor_sigma() -> float:
+    """Standard deviation of ``log(point / true)`` on the committed predictor's calibration split."""
+    res = json.loads(RESIDUALS.read_text())
+    return float(np.std(np.log(np.asarray(res["point"], float) / np.asarray(res["true"], float))))
+
+
+def estimator(specs: list[RequestSpec], sigma: float | None, conf: float, seed: int):
+    """The simulator's estimator: a per-rid table drawn here from the true lengths (the policy only ever sees the
+    estimate). ``sigma=None``: no predictor (every estimate missing, C1 falls back to ``max_new_tokens``)."""
+    if sigma is None:
+        return None
+    rng = np.random.default_rng(seed)
+    pad = float(np.exp(sigma * NormalDist().inv_cdf(conf)))
+    table = {}
+    for s in specs:
+        point = max(1, round(s.output_len * float(np.exp(rng.normal(0.0, sigma)))))
+        bound = max(point, int(np.ceil(point * pad)))
+        table[s.rid] = LengthEstimate(min(point, s.max_new_tokens), min(bound, s.max_new_tokens), conf)
+    return lambda spec: table[spec.rid]
+
+
+def simulate(prof: profiles.Profile, name: str, cfg: ExtConfig, specs: list[RequestSpec], est) -> dict[str, Any]:
+    pol = base.create(name, prof, config=cfg)
+    t0 = time.perf_counter()
+    res = Simulator(pol, prof, pool_tokens=prof.kv_capacity_tokens, page_size=PAGE, estimator=est).run(specs)
+    out = {k: res.summary.get(k) for k in METRICS}
+    out["swaps"] = res.stats.swaps_out
+    out["wall_s"] = round(time.perf_counter() - t0, 2)
+    if hasattr(pol, "totals"):
+        out["decisions"] = dict(pol.totals)
+    return out
+
+
+def capacity_rps(prof: profiles.Profile, workload: str, n: int, slo) -> float:
+    """Completion rate of ``sglang`` with every request arriving at t=0 (requests/s)."""
+    specs = [replace(s, arrival_s=0.0) for s in load_workload(workload, num_requests=n, rate=1.0, seed=1, slo=slo)]
+    res = Simulator(base.create("sglang", prof), prof, pool_tokens=prof.kv_capacity_tokens, page_size=PAGE).run(specs)
+    return res.summary["completed"] / res.summary["duration_s"]
+
+
+def variants(quick: bool) -> list[tuple[str, str, CacheOptConfig | None]]:
+    """(label, registered policy, CacheOPT config or None)."""
+    out: list[tuple[str, str, CacheOptConfig | None]] = [("sglang", "sglang", None), ("vllm", "vllm", None),
+                                                          ("sarathi", "sarathi", None)]  # fmt: skip
+    out += [
+        ("cacheopt", "cacheopt", CacheOptConfig()),
+        ("cacheopt-mixed", "cacheopt", CacheOptConfig(mixed_chunk=True)),
+    ]
+    return out
+
+
+def run_point(prof, wl: str, n: int, rate: float, slo, label_cfgs, sigma, alpha=0.95, beta=0.001, seed=0):
+    specs = load_workload(wl, num_requests=n, rate=rate, seed=seed, slo=slo)
+    conf = adapt_confidence(alpha, beta, rate)
+    out = {}
+    for label, name, co in label_cfgs:
+        cfg = ExtConfig(policy=name, predictor=PredictorConfig(alpha=alpha, beta=beta), cacheopt=co or CacheOptConfig())
+        out[label] = simulate(prof, name, cfg, specs, estimator(specs, sigma, conf, seed + 17))
+    return out
+
+
+def max_rate(rates: list[float], att: list[float | None], target: float = 0.9) -> float | None:
+    """Highest rate holding ``target`` attainment, interpolated linearly towards the first rate that misses it."""
+    best = None
+    for i, (r, a) in enumerate(zip(rates, att, strict=True)):
+        if a is None or a < target:
+            if best is not None and i > 0 and att[i - 1] is not None:
+                a0, r0 = att[i - 1], rates[i - 1]
+                return r0 + (r - r0) * (a0 - target) / max(a0 - a, 1e-9) if a is not None else r0
+            return best
+        best = r
+    return best
+
+
+def targets(entry: dict[str, Any]) -> dict[str, Any]:
+    rates, pols = entry["rates"], entry["policies"]
+    mr = {k: max_rate(rates, [p["slo_attainment"] for p in v]) for k, v in pols.items()}
+    out: dict[str, Any] = {"max_rate_90": mr}
+    held = [i for i, p in enumerate(pols["sglang"]) if (p["slo_attainment"] or 0) >= 0.9]
+    if held:
+        i = held[-1]
+        out["at_rate"] = rates[i]
+        for lab in ("cacheopt", "cacheopt-mixed"):
+            s, c = pols["sglang"][i], pols[lab][i]
+            out[lab] = {
+                "stall_p99_ratio": s["stall_p99_ms"] / c["stall_p99_ms"] if c["stall_p99_ms"] else None,
+                "ttft_p99_ratio": s["ttft_p99_ms"] / c["ttft_p99_ms"] if c["ttft_p99_ms"] else None,
+                "tbt_p99_ratio": s["tbt_p99_ms"] / c["tbt_p99_ms"] if c["tbt_p99_ms"] else None,
+                "max_rate_ratio": mr[lab] / mr["sglang"] if mr.get(lab) and mr.get("sglang") else None,
+            }
+    return out
+
+
+def run(quick: bool, out_dir: Path) -> dict[str, Any]:
+    sigma = predictor_sigma()
+    profs = ("h100-llama2-13b",) if quick else ("h100-llama3-8b", "h100-llama2-13b", "a100-llama2-13b")
+    wls = ("azure-conv",) if quick else ("azure-conv", "sharegpt")
+    loads = (0.3, 0.55, 0.8, 1.1) if quick else (0.2, 0.35, 0.5, 0.65, 0.8, 0.95, 1.1)
+    n = 500 if quick else 1000
+    res: dict[str, Any] = {"quick": quick, "slo_spec": SLO_SPEC, "num_requests": n, "page_size": PAGE,
+                           "predictor_sigma": sigma, "runs": {}}  # fmt: skip
+    for pname in profs:
+        prof = profiles.get(pname)
+        slo = parse_slo(SLO_SPEC, prof)
+        for wl in wls:
+            cap = capacity_rps(prof, wl, n, slo)
+            key = f"{pname}/{wl}"
+            entry: dict[str, Any] = {"capacity_rps": cap, "rates": [], "policies": {}}
+            for load in loads:
+                rate = round(cap * load, 3)
+                entry["rates"].append(rate)
+                for label, r in run_point(prof, wl, n, rate, slo, variants(quick), sigma).items():
+                    entry["policies"].setdefault(label, []).append(r)
+                    print(f"{key} rate={rate:.2f} {label:15s} slo={r['slo_attainment']:.3f} "
+                          f"ttft99={r['ttft_p99_ms']:.0f} stall99={r['stall_p99_ms']:.0f} "
+                          f"pre={r['preemptions']} ({r['wall_s']}s)", flush=True)  # fmt: skip
+            entry["targets"] = targets(entry)
+            res["runs"][key] = entry
+    res["ablation"], res["sensitivity"] = studies(quick, sigma, res)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sfx = "-quick" if quick else ""
+    (out_dir / f"results{sfx}.json").write_text(json.dumps(res, indent=1) + "\n")
+    plot(res, out_dir / f"cacheopt{sfx}.png")
+    (out_dir / f"README{sfx}.md").write_text(markdown(res, f"cacheopt{sfx}.png"))
+    return res
+
+
+def studies(quick: bool, sigma: float, res: dict[str, Any]) -> tuple[dict, dict]:
+    """Ablation (drop one component) and sensitivity on h100-llama2-13b / azure-conv, at the rates around where
+    ``sglang`` stops holding 90% attainment."""
+    key = "h100-llama2-13b/azure-conv"
+    prof = profiles.get("h100-llama2-13b")
+    slo = parse_slo(SLO_SPEC, prof)
+    e = res["runs"][key]
+    at = e["targets"].get("at_rate", e["rates"][0])
+    nxt = e["rates"][min(e["rates"].index(at) + 1, len(e["rates"]) - 1)]
+    rates = [nxt] if quick else [at, nxt]
+    n = res["num_requests"]
+    abl = {"rates": rates, "rows": {}}
+    cfgs = [("all", "cacheopt", CacheOptConfig())] + [
+        (f"-{c}", "cacheopt", replace(CacheOptConfig(), **{c: False})) for c in ABLATIONS
+    ]
+    cfgs.append(("-reuse (host scope)", "cacheopt", CacheOptConfig(reuse_scope="host")))
+    for rate in rates:
+        for label, r in run_point(prof, "azure-conv", n, rate, slo, cfgs, sigma).items():
+            abl["rows"].setdefault(label, []).append(r)
+            print(f"ablation rate={rate:.2f} {label:20s} slo={r['slo_attainment']:.3f} ttft99={r['ttft_p99_ms']:.0f} "
+                  f"stall99={r['stall_p99_ms']:.0f} pre={r['preemptions']}", flush=True)  # fmt: skip
+    rate = rates[-1]
+    sens: dict[str, Any] = {"rate": rate, "rows": []}
+    one = [("cacheopt", "cacheopt", CacheOptConfig())]
+    grid: list[tuple[str, Any, dict]] = [("sigma", s, {"sigma": s}) for s in ((None, 0.2, 1.0) if quick else
+                                                                            (None, 0.0, 0.2, 0.4, 1.0))]  # fmt: skip
+    if not quick:
+        grid += [("alpha", a, {"alpha": a}) for a in (0.5, 0.8, 0.99)]
+        grid += [("beta", b, {"beta": b}) for b in (0.0, 0.05, 0.5)]
+    for name, value, kw in grid:
+        r = run_point(prof, "azure-conv", n, rate, slo, one, kw.pop("sigma", sigma), **kw)["cacheopt"]
+        sens["rows"].append({"param": name, "value": value, **r})
+    knobs = [("reserve_tokens", (0, 256, 2048)), ("topup_horizon", (0, 8, 32))]
+    for field, values in knobs[:1] if quick else knobs:
+        for v in values:
+            co = [("cacheopt", "cacheopt", replace(CacheOptConfig(), **{field: v}))]
+            r = run_point(prof, "azure-conv", n, rate, slo, co, sigma)["cacheopt"]
+            sens["rows"].append({"param": field, "value": v, **r})
+    for row in sens["rows"]:
+        print(
+            f"sensitivity {row['param']}={row['value']} slo={row['slo_attainment']:.3f} "
+            f"ttft99={row['ttft_p99_ms']:.0f} stall99={row['stall_p99_ms']:.0f} pre={row['preemptions']}",
+            flush=True,
+        )
+    return abl, sens
+
+
+def plot(res: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(res["runs"])
+    mets = (("slo_attainment", "SLO attainment"), ("ttft_p99_ms", "p99 TTFT (ms)"), ("stall_p99_ms", "p99 stall (ms)"),
+            ("tbt_p99_ms", "p99 TBT (ms)"), ("preemptions", "preemptions"))  # fmt: skip
+    fig, axes = plt.subplots(len(keys), len(mets), figsize=(3.6 * len(mets), 2.9 * len(keys)), squeeze=False)
+    for row, key in enumerate(keys):
+        e = res["runs"][key]
+        for col, (m, label) in enumerate(mets):
+            ax = axes[row][col]
+            for pol, runs in e["policies"].items():
+                ax.plot(e["rates"], [r[m] for r in runs], marker="o", markersize=3, label=pol)
+            ax.set_title(f"{key}\n{label}", fontsize=8)
+            ax.set_xlabel("rate (req/s)", fontsize=8)
+            if m.endswith("_ms"):
+                ax.set_yscale("log")
+            if m == "slo_attainment":
+                ax.axhline(0.9, color="grey", linewidth=0.6, linestyle=":")
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _f(x: Any, d: int = 0) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.{d}f}" if isinstance(x, float) else str(x)
+
+
+def markdown(res: dict[str, Any], png: str) -> str:
+    lines = [f"# CacheOPT in the simulator{' (quick)' if res['quick'] else ''}", "",
+             f"Regenerate: `python -m eval.cacheopt_eval{' --quick' if res['quick'] else ''}`. "
+             f"{res['num_requests']} requests per point, one seed; SLO classes `{res['slo_spec']}`; "
+             f"estimates: log-normal error, sigma = {res['predictor_sigma']:.2f} (the predictor's held-out error).",
+             "", f"![]({png})", ""]  # fmt: skip
+    for key, e in res["runs"].items():
+        t = e["targets"]
+        lines += [f"## {key} (capacity {e['capacity_rps']:.2f} req/s)", ""]
+        lines += ["| rate | policy | SLO att. | TTFT att. | TBT att. | p95/p99 TTFT ms | p95/p99 TBT ms | "
+                  "p95/p99 stall ms | preempt. | tok/s |", "|" + "---|" * 10]  # fmt: skip
+        for i, rate in enumerate(e["rates"]):
+            for pol, runs in e["policies"].items():
+                r = runs[i]
+                lines.append(
+                    f"| {rate:.2f} | {pol} | {_f(r['slo_attainment'], 3)} | {_f(r['ttft_slo_attainment'], 3)} | "
+                    f"{_f(r['tbt_slo_attainment'], 3)} | {_f(r['ttft_p95_ms'])}/{_f(r['ttft_p99_ms'])} | "
+                    f"{_f(r['tbt_p95_ms'])}/{_f(r['tbt_p99_ms'])} | {_f(r['stall_p95_ms'])}/{_f(r['stall_p99_ms'])} | "
+                    f"{r['preemptions']} | {_f(r['throughput_tok_s'])} |"
+                )
+        lines += ["", "Highest rate with >= 90% SLO attainment (req/s): "
+                  + ", ".join(f"{k} {_f(v, 2)}" for k, v in t["max_rate_90"].items()), ""]  # fmt: skip
+        if "at_rate" in t:
+            lines.append(f"At {t['at_rate']:.2f} req/s (highest swept rate where sglang holds 90%), sglang / policy:")
+            for lab in ("cacheopt", "cacheopt-mixed"):
+                x = t[lab]
+                lines.append(f"- {lab}: p99 stall {_f(x['stall_p99_ratio'], 2)}x, "
+                             f"p99 TTFT {_f(x['ttft_p99_ratio'], 2)}x, p99 TBT {_f(x['tbt_p99_ratio'], 2)}x; "
+                             f"max-rate ratio {_f(x['max_rate_ratio'], 2)}x")  # fmt: skip
+        else:
+            lines.append("sglang never holds 90% SLO attainment on this sweep: the targets are not defined here.")
+        lines.append("")
+    abl = res["ablation"]
+    lines += ["## Ablation (h100-llama2-13b / azure-conv)", "", "| variant | rate | SLO att. | p99 TTFT ms | "
+              "p99 stall ms | preempt. | reuse | top-ups | reserve draws |", "|" + "---|" * 9]  # fmt: skip
+    for label, rows in abl["rows"].items():
+        for rate, r in zip(abl["rates"], rows, strict=True):
+            d = r.get("decisions", {})
+            lines.append(f"| {label} | {rate:.2f} | {_f(r['slo_attainment'], 3)} | {_f(r['ttft_p99_ms'])} | "
+                         f"{_f(r['stall_p99_ms'])} | {r['preemptions']} | {_f(d.get('reuse'))} | "
+                         f"{_f(d.get('topups'))} | {_f(d.get('reserve_draws'))} |")  # fmt: skip
+    sens = res["sensitivity"]
+    lines += ["", f"## Sensitivity (h100-llama2-13b / azure-conv, {sens['rate']:.2f} req/s)", "",
+              "| parameter | value | SLO att. | p99 TTFT ms | p99 stall ms | preempt. |", "|" + "---|" * 6]  # fmt: skip
+    for r in sens["rows"]:
+        val = "no predictor" if r["param"] == "sigma" and r["value"] is None else r["value"]
+        lines.append(f"| {r['param']} | {val} | {_f(r['slo_attainment'], 3)} | {_f(r['ttft_p99_ms'])} | "
+                     f"{_f(r['stall_p99_ms'])} | {r['preemptions']} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="one profile/workload, 500 requests, 4 rates (< 3 min)")
+    ap.add_argument("--out", type=Path, default=Path("docs/results/cacheopt"))
+    a = ap.parse_args()
+    t0 = time.time()
+    run(a.quick, a.out)
+    print(f"done in {time.time() - t0:.0f} s -> {a.out}")
+
+
+if __name__ == "__main__":
+    main()
