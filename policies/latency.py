@@ -163,24 +163,33 @@ class IterationLatencyModel:
         samples (the online fitter's prior)."""
         rows = [(*shape_features(s), y, 1.0) for s, y in samples]
         rows += [(*shape_features(s), y, w) for s, y, w in extra]
-        rows = [r for r in rows if r[3] > 0 and r[4] > 0 and math.isfinite(r[4])]
-        if len(rows) < 5:
-            raise ValueError(f"need at least 5 samples with a positive time to fit 5 coefficients, got {len(rows)}")
+        return cls.fit_rows(np.asarray(rows, dtype=float).reshape(-1, 6), template=template, pivot_tokens=pivot_tokens)
+
+    @classmethod
+    def fit_rows(
+        cls, data: np.ndarray, *, template: IterationLatencyModel | None = None, pivot_tokens: float | None = None
+    ) -> IterationLatencyModel:
+        """:meth:`fit` on precomputed rows ``(tokens, attn_prefill, attn_decode, seqs, seconds, weight)``."""
+        data = data[(data[:, 3] > 0) & (data[:, 4] > 0) & np.isfinite(data[:, 4]) & (data[:, 5] > 0)]
+        if len(data) < 5:
+            raise ValueError(f"need at least 5 samples with a positive time to fit 5 coefficients, got {len(data)}")
         from scipy.optimize import minimize_scalar, nnls  # lazy: only fitting needs scipy
 
-        data = np.asarray(rows, dtype=float)
         tokens, y = data[:, 0], data[:, 4]
         w = data[:, 5] / y
         if pivot_tokens is not None:
             candidates = [float(pivot_tokens)]
         else:
             below = np.unique(tokens[tokens < tokens.max()])
-            qs = np.unique(np.quantile(below, np.linspace(0, 1, 33))) if below.size else np.empty(0)
+            qs = np.unique(np.quantile(below, np.linspace(0, 1, 17))) if below.size else np.empty(0)
             candidates = [0.0, *(float(q) for q in qs if q > 0)]
 
+        design = np.column_stack([np.ones_like(y), tokens, data[:, 1], data[:, 2], data[:, 3]]) * w[:, None]
+        target = y * w
+
         def solve(pivot: float) -> tuple[float, np.ndarray]:
-            design = np.column_stack([np.ones_like(y), np.maximum(tokens, pivot), data[:, 1], data[:, 2], data[:, 3]])
-            coef, res = nnls(design * w[:, None], y * w)
+            design[:, 1] = np.maximum(tokens, pivot) * w
+            coef, res = nnls(design, target)
             return float(res), coef
 
         results = [solve(p) for p in candidates]
@@ -208,6 +217,16 @@ class IterationLatencyModel:
         """|predicted - measured| / measured for each sample (fit quality, held-out checks)."""
         pairs = [(self.iteration_s(s), y) for s, y in samples]
         return np.asarray([abs(p - y) / y for p, y in pairs if y > 0], dtype=float)
+
+    def predict_rows(self, data: np.ndarray) -> np.ndarray:
+        """Vectorised :meth:`iteration_s` over rows whose first four columns are :func:`shape_features`."""
+        return (
+            self.c0_s
+            + self.c_tok_s * np.maximum(data[:, 0], self.pivot_tokens)
+            + self.c_attn_prefill_s * data[:, 1]
+            + self.c_attn_decode_s * data[:, 2]
+            + self.c_seq_s * data[:, 3]
+        )
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -249,31 +268,35 @@ class OnlineLatencyFitter:
         self.refit_every = refit_every
         self.min_samples = min_samples
         self.prior_weight = prior_weight
-        self.samples: deque[tuple[BatchShape, float]] = deque(maxlen=window)
+        self.rows: deque[tuple[float, ...]] = deque(maxlen=window)  # shape_features + (seconds, weight 1)
         self.refits = 0
         self._since = 0
 
     def observe(self, shape: BatchShape, seconds: float) -> IterationLatencyModel | None:
         """Record one measured iteration; returns the new model when this call refitted and adopted one."""
-        if not (seconds > 0 and math.isfinite(seconds)) or shape_features(shape)[3] == 0:
+        feats = shape_features(shape)
+        if not (seconds > 0 and math.isfinite(seconds)) or feats[3] == 0:
             return None
-        self.samples.append((shape, seconds))
+        self.rows.append((*feats, seconds, 1.0))
         self._since += 1
-        if self._since < self.refit_every or len(self.samples) < self.min_samples:
+        if self._since < self.refit_every or len(self.rows) < self.min_samples:
             return None
         self._since = 0
         return self.refit()
 
     def refit(self) -> IterationLatencyModel | None:
+        data = np.asarray(self.rows, dtype=float).reshape(-1, 6)
         w = self.prior_weight / len(_ANCHORS)
-        extra = [(s, self.prior.iteration_s(s), w) for s in _ANCHORS] if w > 0 else []
+        anchors = [(*shape_features(s), self.prior.iteration_s(s), w) for s in _ANCHORS] if w > 0 else []
         try:
-            candidate = IterationLatencyModel.fit(self.samples, template=self.model, extra=extra)
+            candidate = IterationLatencyModel.fit_rows(
+                np.vstack([data, np.asarray(anchors, dtype=float).reshape(-1, 6)]), template=self.model
+            )
         except ValueError:
             return None
-        if float(np.mean(candidate.relative_errors(self.samples))) > float(
-            np.mean(self.model.relative_errors(self.samples))
-        ):
+        y = data[:, 4]
+        err_new = float(np.mean(np.abs(candidate.predict_rows(data) - y) / y))
+        if err_new > float(np.mean(np.abs(self.model.predict_rows(data) - y) / y)):
             return None
         self.model = candidate
         self.refits += 1
