@@ -1,11 +1,18 @@
-"""``python -m eval.profiles [NAME ...]``: predicted iteration times of a few shapes per profile (markdown)."""
+"""``python -m eval.profiles [NAME ...]``: predicted iteration times of a few shapes per profile (markdown).
+
+``python -m eval.profiles --bench``: cost of the per-iteration chunk-sizing call (A1 budget: <= 50 us) and of one
+online refit over a full window.
+"""
 
 from __future__ import annotations
 
 import sys
+import timeit
+
+import numpy as np
 
 from eval import profiles
-from policies.latency import BatchShape
+from policies.latency import BatchShape, OnlineLatencyFitter
 
 SHAPES = {
     "decode 1 @1k": BatchShape(decode_ctx=(1024,)),
@@ -32,5 +39,25 @@ def main(names: list[str]) -> None:
         )
 
 
+def bench() -> None:
+    model = profiles.get("h100-llama3-8b").latency
+    decodes = list(range(512, 768))  # 256 running requests
+    n = 20000
+    per_call = min(timeit.repeat(lambda: model.max_tokens_within(0.05, decodes, 1000), number=n, repeat=5)) / n
+    print(f"max_tokens_within, 256 decodes: {per_call * 1e6:.2f} us per call (best of 5 x {n})")
+    rng = np.random.default_rng(0)
+    fitter = OnlineLatencyFitter(model, refit_every=1 << 30, window=2048)
+    for _ in range(2048):
+        b = int(rng.integers(1, 256))
+        shape = BatchShape(prefill=((int(rng.integers(1, 2048)), 0),), decode_ctx=(int(rng.integers(16, 4096)),) * b)
+        fitter.observe(shape, model.iteration_s(shape) * float(rng.uniform(1.0, 1.2)))
+    fitter.refit()  # imports scipy
+    per_refit = min(timeit.repeat(fitter.refit, number=5, repeat=3)) / 5
+    print(f"OnlineLatencyFitter.refit, 2048-sample window: {per_refit * 1e3:.2f} ms")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if "--bench" in sys.argv:
+        bench()
+    else:
+        main(sys.argv[1:])
