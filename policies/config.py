@@ -54,7 +54,6 @@ class PredictorConfig:
     beta: float = opt(0.001, "Arrival-rate sensitivity of the confidence.")
     fallback: str = opt("max_new_tokens", "Bound used when no answer has come in time.",
                         ("max_new_tokens", "mean"))  # fmt: skip
-    timeout_ms: float = opt(2.0, "How long a prediction may be waited for at scheduling time (never blocks).")
     rule: str = opt("paper", "Confidence rule: paper (alpha/(1+beta*rate)) or overcommit (expected overrun fits "
                     "the reserve).", ("paper", "overcommit"))  # fmt: skip
     refit_every: int = opt(50, "The service refits its conformal calibration every N finished requests.")
@@ -63,7 +62,6 @@ class PredictorConfig:
         _check(self.refit_every > 0, "--ext-predictor-refit-every", f"must be > 0, got {self.refit_every}")
         _check(0 < self.alpha < 1, "--ext-predictor-alpha", f"must be in (0, 1), got {self.alpha}")
         _check(self.beta >= 0, "--ext-predictor-beta", f"must be >= 0, got {self.beta}")
-        _check(self.timeout_ms >= 0, "--ext-predictor-timeout-ms", "must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -79,8 +79,10 @@ def _mirror_sglang_flags(cfg: Any, server_args: Any) -> Any:
 
 
 def _start_predictor_service(cfg: Any) -> None:
+    import tempfile
+
     from eval.server import free_port
-    from predictors.client import spawn
+    from predictors.service import spawn
 
     if not cfg.predictor.model_path:
         print("sglang_ext: --ext-predictor-mode service needs --ext-predictor-model-path (or an endpoint)",
@@ -89,11 +91,15 @@ def _start_predictor_service(cfg: Any) -> None:
     if not os.path.isdir(cfg.predictor.model_path):
         print(f"sglang_ext: --ext-predictor-model-path {cfg.predictor.model_path}: no such directory", file=sys.stderr)
         raise SystemExit(2)
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    proc = spawn(cfg.predictor.model_path, endpoint)
+    port = free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    pc = cfg.predictor
+    log_path = os.path.join(tempfile.gettempdir(), f"sglang_ext_predictor_{port}.log")
+    proc = spawn(pc.model_path, endpoint, "--bound", pc.bound, "--alpha", str(pc.alpha), "--beta", str(pc.beta),
+                 "--rule", pc.rule, "--refit-every", str(pc.refit_every), log_path=log_path)  # fmt: skip
     os.environ["SGLANG_EXT_PREDICTOR_ENDPOINT"] = endpoint
     atexit.register(proc.terminate)
-    logger.info("sglang_ext: predictor service pid=%d at %s", proc.pid, endpoint)
+    print(f"sglang_ext: predictor service pid={proc.pid} at {endpoint} (log {log_path})", file=sys.stderr)
 
 
 def load() -> None:
