@@ -168,13 +168,13 @@ def brute_peak(entries, horizon=2000):
 
 def test_timeline_peak_matches_brute_force() -> None:
     entries = [(100, 5), (50, 40), (300, 0), (10, 12), (70, 40)]
-    t = Timeline(entries)
+    t = Timeline.of(entries)
     assert t.peak() == brute_peak(entries)
     for now, steps in ((20, 3), (20, 12), (200, 100), (1, 0), (5, 40)):
         assert t.peak_with(now, steps) == brute_peak([*entries, (now, steps)])
     t.add(20, 12)
     assert t.peak() == brute_peak([*entries, (20, 12)])
-    assert Timeline([]).peak_with(10, 5) == 15
+    assert Timeline.of([]).peak_with(10, 5) == 15
 
 
 def test_batch_reuse_admits_into_tails_that_free_in_time() -> None:

@@ -144,12 +144,17 @@ class Timeline:
 
     __slots__ = ("_ends", "_peak_at", "_used")
 
-    def __init__(self, entries: Sequence[tuple[int, int]]) -> None:
-        arr = np.asarray(entries, dtype=np.int64).reshape(-1, 2)
-        order = np.argsort(arr[:, 1], kind="stable")
-        self._used = arr[order, 0]
-        self._ends = arr[order, 1]
+    def __init__(self, used: np.ndarray, ends: np.ndarray) -> None:
+        order = np.argsort(ends, kind="stable")
+        self._used = np.asarray(used, dtype=np.int64)[order]
+        self._ends = np.asarray(ends, dtype=np.int64)[order]
         self._refresh()
+
+    @classmethod
+    def of(cls, entries: Sequence[tuple[int, int]]) -> Timeline:
+        """From ``(tokens now, steps to end)`` pairs."""
+        arr = np.asarray(entries, dtype=np.int64).reshape(-1, 2)
+        return cls(arr[:, 0], arr[:, 1])
 
     def _refresh(self) -> None:
         n = self._ends.size

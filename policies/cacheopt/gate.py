@@ -23,6 +23,8 @@ swap-in, ``seq_len - cached_len`` tokens of physical KV). Two guarantees per pas
 
 from __future__ import annotations
 
+import numpy as np
+
 from policies.cacheopt.allocation import HostIndex, Ledger, Timeline
 from policies.cacheopt.demand import demand
 from policies.cacheopt.swap import choose_mode
@@ -48,6 +50,7 @@ class CacheOptGate:
         self._topups: tuple[tuple[str, int], ...] = ()
         self._hosts: HostIndex | None = None
         self._timeline: Timeline | None = None
+        self._live: dict = {}
         self._committed = 0
         self._reserve = 0
         self._capacity = 0
@@ -71,6 +74,7 @@ class CacheOptGate:
         led = self.ledger
         running = view.running
         live = {r.rid: r for r in running}
+        self._live = live
         pending = _prefilling(view, cfg.waiting_window)
         led.reconcile(live, pending)
         horizon = cfg.topup_horizon if cfg.topup else -1 << 62
@@ -199,18 +203,22 @@ class CacheOptGate:
         alloc, lent = led.alloc, led.borrowed
         extra = max(self.cfg.topup_tokens, 1)
         page = self._page  # a partly filled last page per request
-        entries = []
-        live = set()
-        for r in self._view.running:
-            live.add(r.rid)
-            u = r.kv_used
-            room = alloc.get(r.rid, r.kv_allocated) - lent.get(r.rid, 0) - u
-            entries.append((u + page, room if room > 0 else extra))
-        for rid, a in alloc.items():
-            if rid not in live:
-                out = led.output.get(rid, 0)
-                entries.append((a - out + page, out))
-        return Timeline(entries)
+        running = self._view.running
+        n = len(running)
+        used = np.fromiter((r.kv_used for r in running), np.int64, n)
+        room = np.fromiter((alloc.get(r.rid, r.kv_allocated) for r in running), np.int64, n) - used
+        if lent:
+            room -= np.fromiter((lent.get(r.rid, 0) for r in running), np.int64, n)
+        ends = np.where(room > 0, room, extra)
+        used += page
+        live = self._live
+        more = [(a - led.output.get(rid, 0) + page, led.output.get(rid, 0)) for rid, a in alloc.items()
+                if rid not in live]  # fmt: skip
+        if more:
+            extra_arr = np.asarray(more, dtype=np.int64)
+            used = np.concatenate([used, extra_arr[:, 0]])
+            ends = np.concatenate([ends, extra_arr[:, 1]])
+        return Timeline(used, ends)
 
     def _reuse_host(self, prompt: int, output: int) -> str | None:
         """Best-fit host whose empty tail holds the guest for its whole predicted life (C2 reuse condition)."""
