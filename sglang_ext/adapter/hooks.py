@@ -48,8 +48,10 @@ def after_scheduler_init(result: Any, sched: Any, *args: Any, **kwargs: Any) -> 
 def around_prefill_raw(original: Any, sched: Any, *args: Any, **kwargs: Any) -> Any:
     a = _ADAPTER
     running_batch = kwargs.get("running_batch", args[1] if len(args) > 1 else None)
-    if a is None or running_batch is None or (not sched.waiting_queue and sched.chunked_req is None):
+    if a is None or running_batch is None:
         return original(sched, *args, **kwargs)
+    # Planned every iteration SGLang considers a prefill (also with an empty queue): stateful policies (the
+    # sglang baseline's ratio decay, AccelGen's refit) see every iteration, as in the simulator.
     plan = a.make_plan(sched, running_batch)
     saved = sched.chunked_prefill_size
     if plan.token_budget is not None and saved is not None:

@@ -124,6 +124,11 @@ class Adapter:
             slo = translate.request_slo(req, self.default_slo)
             waiting.append(translate.waiting_view(req, self.arrival[req.rid], slo, self._estimate(req),
                                                   self.first_token.get(req.rid)))  # fmt: skip
+        if chunked_req is not None and all(w.rid != chunked_req.rid for w in waiting):
+            self.on_arrival(chunked_req)
+            slo = translate.request_slo(chunked_req, self.default_slo)
+            waiting.insert(0, translate.waiting_view(chunked_req, self.arrival[chunked_req.rid], slo,
+                                                     self._estimate(chunked_req), None, chunked=True))  # fmt: skip
         running = []
         for req in running_reqs:
             self.on_arrival(req)

@@ -22,8 +22,16 @@ def request_slo(req: Any, default: SLO) -> SLO:
 
 
 def waiting_view(
-    req: Any, arrival_s: float, slo: SLO, estimate: LengthEstimate | None, first_token_s: float | None
+    req: Any,
+    arrival_s: float,
+    slo: SLO,
+    estimate: LengthEstimate | None,
+    first_token_s: float | None,
+    chunked: bool = False,
 ) -> WaitingView:
+    """``chunked``: the request whose chunked prefill is in progress; SGLang keeps it out of the waiting queue and
+    its ``extend_end`` marks how far the last chunk went (``init_next_round_input`` has not run yet)."""
+    prefilled = int(req.extend_end or 0) if chunked else 0
     return WaitingView(
         rid=req.rid,
         arrival_s=arrival_s,
@@ -32,6 +40,7 @@ def waiting_view(
         slo=slo,
         cached_len=int(getattr(req, "prefix_len", 0) or 0),
         output_len=len(req.output_ids),
+        prefilled_len=prefilled,
         estimate=estimate,
         first_token_s=first_token_s,
     )
