@@ -34,7 +34,7 @@ from typing import Any
 from policies.base import Policy, register
 from policies.common import ceil_page, config_of, decode_need
 from policies.latency import LatencyModel
-from policies.views import Admit, IterationPlan, Preempt, SchedulerView, WaitingView
+from policies.views import Admit, IterationPlan, Preempt, SchedulerView
 
 # SGLang 0.5.23 environment defaults (sglang/srt/environ.py) and server_args defaults.
 INIT_NEW_TOKEN_RATIO = 0.7
@@ -98,12 +98,18 @@ class SGLangPolicy(Policy):
         if not running:
             self.batch_is_full = False
         chunked = None
-        queue: list[WaitingView] = []
-        for w in view.waiting:
-            if w.rid == view.chunked_rid:
-                chunked = w
-            else:
-                queue.append(w)
+        waiting = view.waiting
+        if view.chunked_rid is None:
+            queue = list(waiting)
+        elif waiting and waiting[0].rid == view.chunked_rid:  # hosts list the prefill in progress first
+            chunked, queue = waiting[0], list(waiting[1:])
+        else:
+            queue = []
+            for w in waiting:
+                if w.rid == view.chunked_rid:
+                    chunked = w
+                else:
+                    queue.append(w)
         if chunked is None and (self.batch_is_full or not queue):
             return self._no_batch(view)
 

@@ -104,6 +104,7 @@ class Simulator:
         self.now = 0.0
         self._arrivals: deque[float] = deque()
         self._zero_dt = 0
+        self._wtuple: tuple | None = None  # cached views of the waiting queue (None: rebuild)
 
     # --- main loop ------------------------------------------------------------------------------------------
     def run(self, specs: Iterable[RequestSpec]) -> SimResult:
@@ -146,6 +147,7 @@ class Simulator:
                 raise PolicyError(f"top-up of {n} for {rid!r} is not applicable")
             r.kv_allocated += n
             r.version += 1
+            self._wtuple = None
         prefills: list[tuple[SimRequest, int, int]] = []
         resumed: list[SimRequest] = []
         admitted = []
@@ -209,22 +211,32 @@ class Simulator:
     def _view(self) -> SchedulerView:
         wv, rv = self._wview, self._rview
         cache = self.pool.cache
-        epoch = cache.epoch
-        waiting = []
-        for r in self.prefilling.values():
-            if r.view_version != r.version:
-                r.view, r.view_version = wv(r), r.version
-            waiting.append(r.view)
-        for r in self.waiting.values():
-            if r.match_epoch >= -1 and r.match_epoch != epoch and not r.host_tokens:
-                hit = self._match(r)[1]
-                r.match_epoch = epoch
-                if hit != r.cached_len:
-                    r.cached_len = hit
-                    r.version += 1
-            if r.view_version != r.version:
-                r.view, r.view_version = wv(r), r.version
-            waiting.append(r.view)
+        if cache.stale:  # re-match requests whose prefix hit may have changed, and watch their paths again
+            stale, cache.stale = cache.stale, []
+            for r in stale:
+                if r.match_epoch == -1 and r.state == WAITING and not r.host_tokens and r.rid in self.waiting:
+                    path, hit = self._match(r)
+                    cache.watch(path, r.blocks, r)
+                    r.match_epoch = 0
+                    if hit != r.cached_len:
+                        r.cached_len = hit
+                        r.version += 1
+                        self._wtuple = None
+        if self._wtuple is None:  # the queue or one of its views changed: rebuild (views are cached per request)
+            queue = []
+            for r in self.waiting.values():
+                if r.view_version != r.version:
+                    r.view, r.view_version = wv(r), r.version
+                queue.append(r.view)
+            self._wtuple = tuple(queue)
+        waiting = self._wtuple
+        if self.prefilling:
+            pre = []
+            for r in self.prefilling.values():
+                if r.view_version != r.version:
+                    r.view, r.view_version = wv(r), r.version
+                pre.append(r.view)
+            waiting = (*pre, *waiting)
         running = []
         for r in self.running.values():
             if r.view_version != r.version:
@@ -237,7 +249,7 @@ class Simulator:
         span = min(self.rate_window_s, max(self.now - (arr[0] if arr else self.now), 1.0))
         return SchedulerView(
             self.now,
-            tuple(waiting),
+            waiting,
             tuple(running),
             PoolView(pool.capacity, pool.free, cache.evictable_tokens, pool.page_size),
             len(arr) / span,
@@ -262,8 +274,11 @@ class Simulator:
         est = self.estimator(dataclasses.replace(spec, output_len=-1)) if self.estimator else None
         r = SimRequest(spec, max_new, blocks, lens, est)
         r.match_epoch = -1 if ids and self.prefix_cache else -2  # -2: nothing it could match yet
+        if r.match_epoch == -1:
+            self.pool.cache.stale.append(r)
         self.requests.append(r)
         self.waiting[r.rid] = r
+        self._wtuple = None
         self._arrivals.append(spec.arrival_s)
 
     def _match(self, r: SimRequest) -> tuple[list, int]:
@@ -274,6 +289,7 @@ class Simulator:
 
     def _start_prefill(self, r: SimRequest) -> None:
         del self.waiting[r.rid]
+        self._wtuple = None
         nodes, hit = self._match(r) if r.match_epoch >= -1 else ([], 0)
         self.pool.cache.lock(nodes, self.now)
         r.nodes, r.shared_len, r.kv_used, r.prefilled_len, r.cached_len = nodes, hit, hit, hit, hit
@@ -354,15 +370,19 @@ class Simulator:
             t = self.latency.swap_s(tokens)
             self.stats.swaps_out += 1
         r.match_epoch = -1 if self.prefix_cache else -2
+        if self.prefix_cache:
+            self.pool.cache.stale.append(r)
         r.state = WAITING
         r.version += 1
         r.record.preemptions += 1
         self.stats.preemptions += 1
         self.waiting[rid] = r
+        self._wtuple = None
         return t
 
     def _swap_in(self, r: SimRequest) -> float:
         del self.waiting[r.rid]
+        self._wtuple = None
         tokens = r.host_tokens
         try:
             self.pool.alloc(self.pool.pages(tokens))

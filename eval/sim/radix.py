@@ -16,10 +16,11 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Hashable, Sequence
+from typing import Any
 
 
 class Node:
-    __slots__ = ("block", "children", "heap_tag", "last_used", "parent", "ref", "tokens")
+    __slots__ = ("block", "children", "heap_tag", "last_used", "parent", "ref", "tokens", "watchers")
 
     def __init__(self, block: Hashable, parent: Node | None, tokens: int) -> None:
         self.block = block
@@ -29,6 +30,7 @@ class Node:
         self.ref = 0
         self.last_used = 0.0
         self.heap_tag = -1
+        self.watchers: list = []  # waiting requests whose cached match runs through this node
 
 
 class RadixCache:
@@ -43,6 +45,24 @@ class RadixCache:
         self.epoch = 0  # bumped on every insert/evict: a waiting request's match is stale after it changes
         self._heap: list[tuple[float, int, Node]] = []
         self._tags = itertools.count()
+        self._child_watch: dict[tuple[int, Hashable], list] = {}
+        self.stale: list = []  # requests whose match went stale since the host last looked (it drains this)
+
+    def watch(self, path: Sequence[Node], blocks: Sequence[Hashable], req: Any) -> None:
+        """Remember that ``req`` (an object with ``match_epoch``) matched ``path``: an eviction on the path, or an
+        insert of its next block, sets ``req.match_epoch = -1`` (stale). Keeps waiting requests' ``cached_len``
+        exact without re-matching the whole queue after every cache change."""
+        for nd in path:
+            nd.watchers.append(req)
+        if len(path) < len(blocks):
+            parent = path[-1] if path else self.root
+            self._child_watch.setdefault((id(parent), blocks[len(path)]), []).append(req)
+
+    def _invalidate(self, reqs: list) -> None:
+        for r in reqs:
+            if r.match_epoch >= 0:
+                r.match_epoch = -1
+                self.stale.append(r)
 
     def match(self, blocks: Sequence[Hashable], lens: Sequence[int]) -> tuple[list[Node], int]:
         """Nodes of the longest cached prefix of ``blocks`` (block ``i`` holds ``lens[i]`` prompt tokens) and
@@ -89,6 +109,9 @@ class RadixCache:
         parent.children[block] = nd
         self.cached_tokens += tokens
         self.epoch += 1
+        watchers = self._child_watch.pop((id(parent), block), None)
+        if watchers:
+            self._invalidate(watchers)
         return nd
 
     def evict(self, tokens: int) -> int:
@@ -103,6 +126,9 @@ class RadixCache:
             assert parent is not None
             del parent.children[nd.block]
             nd.heap_tag = -1
+            if nd.watchers:
+                self._invalidate(nd.watchers)
+                nd.watchers = []
             freed += nd.tokens
             self.cached_tokens -= nd.tokens
             self.evictable_tokens -= nd.tokens
