@@ -24,7 +24,7 @@ class Settings:
     # CacheOPT sweeps (C1-C5): KV competition, Azure conv lengths and ShareGPT lengths.
     co_profiles: tuple[str, ...]
     co_workloads: tuple[str, ...]
-    co_loads: tuple[float, ...]  # multiples of the measured capacity
+    co_loads: tuple[float, ...]  # multiples of the measured capacity (eval.cacheopt_eval's grid)
     co_n: int
     co_bisect_steps: int
     co_pool_tokens: dict[str, int | None] = field(default_factory=dict)  # per profile; None = the profile's own
@@ -45,12 +45,12 @@ class Settings:
     @classmethod
     def for_mode(cls, quick: bool) -> Settings:
         if quick:
-            return cls(True, ("h100-llama2-13b",), ("azure-conv",), (0.4, 0.6, 0.8, 1.0, 1.2), 300, 3,
+            return cls(True, ("h100-llama2-13b",), ("azure-conv",), (0.1, 0.15, 0.3, 0.5, 0.8), 500, 3,
                        ag_profiles=("h100-llama3-8b",), ag_workloads=("mixed-code-conv",), ag_loads=(0.5, 0.8, 1.1),
                        ag_n=200, ag_chunk_sizes=(256, 512, 1024, 2048), ag_tiny_seeds=10,
                        live_requests=40, live_rate=4.0)  # fmt: skip
         return cls(False, ("h100-llama3-8b", "h100-llama2-13b", "a100-llama2-13b"), ("azure-conv", "sharegpt"),
-                   (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.4), 1000, 5,
+                   (0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.45, 0.65, 0.9, 1.1), 1000, 5,
                    ag_profiles=("h100-llama3-8b", "h100-llama2-13b"),
                    ag_workloads=("mixed-code-conv", "mixed-arxiv-sharegpt"), ag_loads=(0.4, 0.6, 0.8, 1.0, 1.2, 1.5),
                    ag_n=1000, ag_chunk_sizes=(128, 256, 512, 1024, 2048, 4096), ag_tiny_seeds=30,

@@ -1,12 +1,12 @@
 """CacheOPT figures (C1-C5): tail latency and SLO attainment vs rate, maximum sustainable rate, ablation and
 sensitivity, all from simulator cells on GPU latency profiles with real length data.
 
-Setup (why): the paper's claim is about KV-cache competition, so the sweep runs from light load to past the
-saturation of each profile/workload pair. Rates are multiples of a measured *capacity* (the completion rate of
-``sarathi`` at token budget 2048 when every request arrives at once, as eval.accelgen_eval measures it), so one
-load grid means the same pressure on every profile. SLOs: the default three classes of eval.slo (multiples of
-each request's isolated latency). ``cacheopt`` sees output-length bounds from the synthetic estimator (the trained
-predictor's held-out error, predictors.synthetic); the baselines see only ``max_new_tokens``, as in SGLang.
+Setup: eval.cacheopt_eval's (its estimator, capacity measure and SLO classes are used, not copied). The paper's
+claim is about KV-cache competition, so the sweep runs from light load to past saturation. Rates are multiples of
+a measured *capacity* (``sglang``'s completion rate when every request arrives at once), so one load grid means
+the same pressure on every profile; with relative TBT SLOs the SLO capacity is far lower, hence the low multiples.
+``cacheopt`` (KV management only) and ``cacheopt-mixed`` (plus decodes riding with prefill chunks) see length
+estimates with the trained predictor's held-out error; the baselines see only ``max_new_tokens``, as in SGLang.
 
 The *target rate* is the highest rate at which stock ``sglang`` holds >= 90% SLO attainment (bisection between
 the sweep's last passing and first failing rate); the issue's ratios are measured there.
@@ -20,46 +20,60 @@ from eval.figures import Context, figure
 from eval.figures import plots as P
 from eval.figures.cells import BURST, predictor_for, sim_cell
 
-SLO = "default"
-POLICIES = ("sglang", "vllm", "sarathi", "cacheopt")
+SLO = "default"  # eval.cacheopt_eval's three classes (tight/medium/loose)
+POLICIES: dict[str, tuple[str, dict[str, Any]]] = {
+    "sglang": ("sglang", {}),
+    "vllm": ("vllm", {}),
+    "sarathi": ("sarathi", {}),
+    "cacheopt": ("cacheopt", {}),
+    "cacheopt-mixed": ("cacheopt", {"ext_cacheopt_mixed_chunk": True}),
+}
+OURS = ("cacheopt", "cacheopt-mixed")
 ATTAINMENT = 0.9
+EXTEND_STEPS, EXTEND_FACTOR = 4, 1.5  # probes above the sweep for a policy that never fails in it
 ABLATION = {
     "all on": {},
     "-C1 demand": {"ext_cacheopt_demand": False},
     "-C2 reuse": {"ext_cacheopt_reuse": False},
-    "-C3 top-up/reserve": {"ext_cacheopt_topup": False, "ext_cacheopt_reserve_tokens": 0},
+    "-C2 reuse (host scope)": {"ext_cacheopt_reuse_scope": "host"},
+    "-C3 top-up": {"ext_cacheopt_topup": False},
     "-C4 victim": {"ext_cacheopt_victim": False},
     "-C5 swap/recompute": {"ext_cacheopt_swap_or_recompute": False},
 }
-SENSITIVITY = {
-    "ext_predictor_alpha": ((0.8, 0.95, 0.99), (0.5, 0.8, 0.9, 0.95, 0.99)),
-    "ext_predictor_beta": ((0.0, 0.001, 0.1), (0.0, 0.0001, 0.001, 0.01, 0.1)),
-    "ext_cacheopt_reserve_tokens": ((0, 64, 512), (0, 32, 64, 256, 1024)),
-    "ext_cacheopt_topup_horizon": ((1, 2, 8), (1, 2, 4, 8, 16)),
-}  # (quick values, full values)
+SENSITIVITY = {  # parameter: (quick values, full values); "sigma" is the estimate's log-error (None: no predictor)
+    "sigma": ((None, 0.2, 1.0), (None, 0.0, 0.2, 0.4, 1.0)),
+    "ext_predictor_alpha": ((0.8, 0.99), (0.5, 0.8, 0.9, 0.99)),
+    "ext_predictor_beta": ((0.0, 0.5), (0.0, 0.01, 0.05, 0.5)),
+    "ext_cacheopt_reserve_tokens": ((0, 256, 2048), (0, 64, 256, 1024, 2048)),
+    "ext_cacheopt_topup_horizon": ((0, 8, 32), (0, 1, 4, 8, 32)),
+}
 
 
 def cell(
     ctx: Context,
-    policy: str,
+    label: str,
     prof: str,
     wl: str,
     rate: float | str,
     flags: dict | None = None,
     options: dict | None = None,
+    sigma: float | str | None = "fitted",
 ) -> dict[str, Any]:
-    s = ctx.settings
-    pred = predictor_for(flags) if "cacheopt" in policy else None
+    """A CacheOPT-setting cell for a policy label of :data:`POLICIES` (or any registered name); policies with
+    CacheOPT get length estimates, the baselines only ``max_new_tokens``."""
+    name, base_flags = POLICIES.get(label, (label, {}))
+    flags = {**base_flags, **(flags or {})}
+    pred = predictor_for(flags, sigma) if "cacheopt" in name else None
     seed = 1 if rate == BURST else 0
     return sim_cell(
-        policy,
+        name,
         prof,
         wl,
         rate,
-        n=s.co_n,
+        n=ctx.settings.co_n,
         seed=seed,
         slo=SLO,
-        pool_tokens=s.co_pool_tokens.get(prof),
+        pool_tokens=ctx.settings.co_pool_tokens.get(prof),
         flags=flags,
         options=options,
         predictor=pred,
@@ -67,7 +81,8 @@ def cell(
 
 
 def capacity(ctx: Context, prof: str, wl: str) -> float:
-    r = ctx.runner.one(cell(ctx, "sarathi", prof, wl, BURST, options={"token_budget": 2048}), f"capacity {prof}")
+    """eval.cacheopt_eval's capacity: ``sglang``'s completion rate with every request arriving at t = 0."""
+    r = ctx.runner.one(cell(ctx, "sglang", prof, wl, BURST), f"capacity {prof}")
     return r["summary"]["completed"] / r["summary"]["duration_s"]
 
 
@@ -94,8 +109,9 @@ def _att(r: dict[str, Any]) -> float:
 
 
 def max_rates(ctx: Context, runs: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Highest rate with >= 90% SLO attainment per key and policy: the sweep brackets it, bisection refines it
-    (``co_bisect_steps`` cells per policy). ``bounded`` is False when even the sweep's highest rate passes."""
+    """Highest rate with >= 90% SLO attainment per key and policy: the sweep brackets it (or probes at 1.5x steps
+    above it), bisection refines it (``co_bisect_steps`` cells per policy). ``bounded`` is False when even the
+    highest probe passes (the rate is then a lower bound)."""
     state: dict[tuple[str, str], dict[str, Any]] = {}
     for key, e in runs.items():
         for pol, rs in e["policies"].items():
@@ -108,6 +124,12 @@ def max_rates(ctx: Context, runs: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 "hi": e["rates"][first_fail] if first_fail is not None else None,
                 "bracketed_by_sweep": True,
             }
+    for _ in range(EXTEND_STEPS):  # passes at the sweep's top rate: probe higher until it fails
+        todo = [(k, st) for k, st in state.items() if st["hi"] is None and st["lo"] > 0]
+        cells = [cell(ctx, pol, *key.split("/"), round(st["lo"] * EXTEND_FACTOR, 4)) for (key, pol), st in todo]
+        for (_k, st), r, c in zip(todo, ctx.runner.run(cells, "max-rate extension"), cells, strict=True):
+            st["lo" if _att(r) >= ATTAINMENT else "hi"] = c["rate"]
+            st["bracketed_by_sweep"] = False
     for _ in range(ctx.settings.co_bisect_steps):
         todo = [(k, st) for k, st in state.items() if st["hi"] is not None]
         cells = [cell(ctx, pol, *key.split("/"), round((st["lo"] + st["hi"]) / 2, 4)) for (key, pol), st in todo]
@@ -169,27 +191,25 @@ def tail_latency_vs_rate(ctx: Context) -> dict[str, Any]:
     )
     data = {"runs": _metric_rows(t["runs"], fields), "target": {}}
     for key, tr in t["target"].items():
-        sg, co = tr["policies"]["sglang"]["summary"], tr["policies"]["cacheopt"]["summary"]
-        data["target"][key] = {
-            "rate": tr["rate"],
-            "sglang": {f: sg[f] for f in fields},
-            "cacheopt": {f: co[f] for f in fields},
-            "stall_p99_x": _ratio(sg["stall_p99_ms"], co["stall_p99_ms"]),
-            "ttft_p99_x": _ratio(sg["ttft_p99_ms"], co["ttft_p99_ms"]),
-            "tbt_p99_x": _ratio(sg["tbt_p99_ms"], co["tbt_p99_ms"]),
-        }
-    data["best"] = _best_ratios(data["runs"])
+        sg = tr["policies"]["sglang"]["summary"]
+        row: dict[str, Any] = {"rate": tr["rate"], "sglang": {f: sg[f] for f in fields}}
+        for lab in OURS:
+            co = tr["policies"][lab]["summary"]
+            row[lab] = {f: co[f] for f in fields}
+            row[lab] |= {f"{m}_x": _ratio(sg[f"{m}_ms"], co[f"{m}_ms"]) for m in ("stall_p99", "ttft_p99", "tbt_p99")}
+        data["target"][key] = row
+    data["best"] = {lab: _best_ratios(data["runs"], lab) for lab in OURS}
     return data
 
 
-def _best_ratios(rows: dict[str, Any]) -> dict[str, Any]:
-    """The largest sglang/cacheopt ratio of each tail metric over every swept rate ("up to", as the paper)."""
+def _best_ratios(rows: dict[str, Any], lab: str) -> dict[str, Any]:
+    """The largest sglang/``lab`` ratio of each tail metric over every swept rate ("up to", as the paper)."""
     best: dict[str, Any] = {}
     for f in ("ttft_p99_ms", "tbt_p99_ms", "stall_p99_ms", "ttft_p95_ms", "tbt_p95_ms"):
         cands = []
         for key, e in rows.items():
             for i, rate in enumerate(e["rates"]):
-                x = _ratio(e["policies"]["sglang"][f][i], e["policies"]["cacheopt"][f][i])
+                x = _ratio(e["policies"]["sglang"][f][i], e["policies"][lab][f][i])
                 if x is not None:
                     cands.append({"ratio": x, "key": key, "rate": rate})
         best[f] = max(cands, key=lambda c: c["ratio"], default=None)
@@ -204,14 +224,16 @@ def _best_ratios(rows: dict[str, Any]) -> dict[str, Any]:
 def slo_attainment_vs_rate(ctx: Context) -> dict[str, Any]:
     runs = sweep(ctx)
     fields = ("ttft_slo_attainment", "tbt_slo_attainment", "slo_attainment", "goodput_rps")
-    data = {"runs": _metric_rows(runs, fields), "best_gain_points": {}}
-    for f in fields[:3]:
-        cands = []
-        for key, e in data["runs"].items():
-            for i, rate in enumerate(e["rates"]):
-                d = e["policies"]["cacheopt"][f][i] - e["policies"]["sglang"][f][i]
-                cands.append({"points": 100 * d, "key": key, "rate": rate})
-        data["best_gain_points"][f] = max(cands, key=lambda c: c["points"], default=None)
+    data: dict[str, Any] = {"runs": _metric_rows(runs, fields), "best_gain_points": {}}
+    for lab in OURS:
+        best = data["best_gain_points"].setdefault(lab, {})
+        for f in fields[:3]:
+            cands = []
+            for key, e in data["runs"].items():
+                for i, rate in enumerate(e["rates"]):
+                    d = e["policies"][lab][f][i] - e["policies"]["sglang"][f][i]
+                    cands.append({"points": 100 * d, "key": key, "rate": rate})
+            best[f] = max(cands, key=lambda c: c["points"], default=None)
     return data
 
 
@@ -224,14 +246,22 @@ def max_sustainable_rate(ctx: Context) -> dict[str, Any]:
     return data
 
 
-def _variant_table(ctx: Context, variants: dict[str, dict], loads: tuple[float, ...], desc: str) -> dict[str, Any]:
+def _variant_table(
+    ctx: Context, variants: dict[str, dict[str, Any]], loads: tuple[float, ...], desc: str
+) -> dict[str, Any]:
+    """``cacheopt`` with each variant's flags (key ``sigma``: the estimate's error instead of a flag) beside stock
+    ``sglang``, at ``loads`` x the target rate of every key."""
     t = target_rate(ctx)
     out: dict[str, Any] = {}
     fields = ("slo_attainment", "ttft_p99_ms", "stall_p99_ms", "tbt_p99_ms", "preemptions", "goodput_rps")
     for key, tr in t["target"].items():
         rates = [round(tr["rate"] * x, 4) for x in loads]
-        plan = [(name, rate) for name, _ in variants.items() for rate in rates]
-        cells = [cell(ctx, "cacheopt", *key.split("/"), rate, flags=variants[name]) for name, rate in plan]
+        plan = [(name, rate) for name in variants for rate in rates]
+        cells = []
+        for name, rate in plan:
+            flags = dict(variants[name])
+            sigma = flags.pop("sigma", "fitted")
+            cells.append(cell(ctx, "cacheopt", *key.split("/"), rate, flags=flags, sigma=sigma))
         cells += [cell(ctx, "sglang", *key.split("/"), rate) for rate in rates]
         res = ctx.runner.run(cells, desc)
         rows: dict[str, Any] = {}
@@ -249,18 +279,18 @@ def _variant_table(ctx: Context, variants: dict[str, dict], loads: tuple[float, 
     P.variant_bars,
 )
 def cacheopt_ablation(ctx: Context) -> dict[str, Any]:
-    return {"runs": _variant_table(ctx, ABLATION, (1.0, 1.25), "ablation")}
+    return {"runs": _variant_table(ctx, ABLATION, (1.0, 1.5), "ablation")}
 
 
 @figure(
     "cacheopt_sensitivity",
-    "CacheOPT's sensitivity to alpha, beta, reserve size and top-up horizon",
+    "CacheOPT's sensitivity to the estimate's error (sigma), alpha, beta, reserve size and top-up horizon",
     P.sensitivity_lines,
 )
 def cacheopt_sensitivity(ctx: Context) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for flag, (quick_vals, full_vals) in SENSITIVITY.items():
+    for param, (quick_vals, full_vals) in SENSITIVITY.items():
         vals = quick_vals if ctx.settings.quick else full_vals
-        table = _variant_table(ctx, {f"{v}": {flag: v} for v in vals}, (1.0,), f"sensitivity {flag}")
-        out[flag] = {"values": list(vals), "runs": table}
+        table = _variant_table(ctx, {str(v): {param: v} for v in vals}, (1.25,), f"sensitivity {param}")
+        out[param] = {"values": [str(v) for v in vals], "runs": table}
     return {"params": out}

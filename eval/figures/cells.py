@@ -29,9 +29,8 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[2]
 FINGERPRINT_PATHS = ("policies", "eval/sim", "eval/profiles", "eval/workloads.py", "eval/slo.py", "eval/metrics.py",
-                     "data/profiles", "predictors/synthetic.py", "predictors/bounds.py", "predictors/models",
-                     "eval/figures/cells.py")  # fmt: skip
-DEFAULT_PREDICTOR = "predictors/models/alpaca-mistral"
+                     "data/profiles", "predictors/bounds.py", "predictors/models", "eval/cacheopt_eval.py",
+                     "eval/accelgen_eval.py", "eval/figures/cells.py")  # fmt: skip
 BURST = "burst"  # a rate meaning "every request arrives at t = 0"
 
 
@@ -104,28 +103,25 @@ def sim_cell(policy: str, profile: str, workload: str, rate: float | str, *, n: 
             "predictor": predictor, "scale": scale, "max_context": max_context}  # fmt: skip
 
 
-def predictor_for(flags: dict[str, Any] | None = None, model: str = DEFAULT_PREDICTOR) -> dict[str, Any]:
-    """The estimator settings a CacheOPT cell uses: the trained model's held-out error, the config's bound and
-    confidence rule (``--ext-predictor-bound/alpha/beta``)."""
+def predictor_for(flags: dict[str, Any] | None = None, sigma: float | str | None = "fitted") -> dict[str, Any]:
+    """The length-estimate settings of a CacheOPT cell: eval.cacheopt_eval's log-normal error model (``sigma``:
+    ``"fitted"`` = the committed predictor's held-out error, ``None`` = no predictor) at the config's confidence
+    rule (``--ext-predictor-alpha/beta``)."""
     from policies.config import from_flat
 
     cfg = from_flat(flags or {}).predictor
-    return {"model": model, "bound": cfg.bound, "alpha": cfg.alpha, "beta": cfg.beta}
+    return {"sigma": sigma, "alpha": cfg.alpha, "beta": cfg.beta}
 
 
-def _estimator(pred: dict[str, Any], specs: list, rate: float, seed: int) -> Callable:
-    """The simulator hides true lengths from the policy (it passes ``output_len=-1``); the synthetic estimator
-    needs them to draw an error of the trained model's size, so it looks them up by request id here."""
-    from policies.views import LengthEstimate
-    from predictors.synthetic import make_estimator
+def _estimator(pred: dict[str, Any], specs: list, rate: float, seed: int) -> Callable | None:
+    """eval.cacheopt_eval's estimator: a per-request table drawn from the true lengths with the predictor's error
+    (the simulator only ever shows the policy the estimate)."""
+    from eval import cacheopt_eval
+    from predictors.bounds import adapt_confidence
 
-    est = make_estimator(ROOT / pred["model"], bound=pred["bound"], seed=seed, alpha=pred["alpha"], beta=pred["beta"])
-    truth = {s.rid: s.output_len for s in specs}
-
-    def estimate(spec: Any) -> LengthEstimate:
-        return est(truth[spec.rid], spec.max_new_tokens, rate)
-
-    return estimate
+    sigma = cacheopt_eval.predictor_sigma() if pred["sigma"] == "fitted" else pred["sigma"]
+    conf = adapt_confidence(pred["alpha"], pred["beta"], rate)
+    return cacheopt_eval.estimator(specs, sigma, conf, seed + 17)
 
 
 def run_sim(params: dict[str, Any]) -> dict[str, Any]:

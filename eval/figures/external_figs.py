@@ -5,6 +5,8 @@ server (the same trace slice replayed in the simulator on the fitted ``cpu-tiny-
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import tempfile
 from pathlib import Path
@@ -31,7 +33,8 @@ def _predictor_eval(params: dict[str, Any]) -> dict[str, Any]:
             argv += ["--other", str(ROOT / o)]
         for q in params["q"]:
             argv += ["--q", str(q)]
-        evaluate.main(argv)
+        with contextlib.redirect_stdout(io.StringIO()):  # its per-bound printout; the JSON has it all
+            evaluate.main(argv)
         doc = json.loads((Path(tmp) / f"{Path(params['model']).name}.json").read_text())
     return {"q": doc["q"], "sources": doc["sources"]}
 
