@@ -97,7 +97,10 @@ class VLLMPolicy(Policy):
                 tokens = min(todo, budget)
                 kv = ceil_page(todo if self.whole_prompt else tokens, page)
                 pin = min(w.cached_len, evictable)
-                if kv + pin > left - int(self.watermark * pool.capacity_tokens):
+                wm = int(self.watermark * pool.capacity_tokens)
+                if kv + pin > pool.capacity_tokens - wm:
+                    wm = 0  # vLLM v0 would drop a prompt that can never pass the watermark; hosts cannot, so admit it
+                if kv + pin > left - wm:
                     break
                 evictable -= pin
                 left -= kv + pin

@@ -77,3 +77,9 @@ def test_sarathi_keeps_room_for_started_prompts():
     started = w("s", 300, prefilled_len=100)  # still owes 200 tokens
     plan = p.plan(view([started, w("n", 50)], [], free=240, cap=1000))
     assert [a.rid for a in plan.admit] == ["s"]  # 240 - 200 owed leaves 40 < 50 (+ watermark)
+
+
+def test_sarathi_admits_a_prompt_that_only_fits_without_the_watermark():
+    p = create("sarathi", LAT)
+    plan = p.plan(view([w("x", 995)], [], free=1000, cap=1000))  # 995 > 1000 - 10 watermark, but it fits
+    assert [a.rid for a in plan.admit] == ["x"]
