@@ -215,3 +215,28 @@ def test_online_refit_adopts_the_measured_model() -> None:
     assert after < before
     assert pol.latency is pol.fitter.model  # later budgets are sized with the refitted model
     assert after == ChunkSizer(pol.fitter.model, 32, 8192).budget(0.040, (800,) * 8, 0)
+
+
+def test_demand_gate_keeps_expected_growth_and_learns_the_mean() -> None:
+    from policies.accelgen.gate import DemandKVGate
+
+    gate = DemandKVGate(prior_output=100, prior_weight=1)
+    running = (RunningView("a", 0.0, 100, 20, 512, 120, 120),)  # expects 100 - 20 = 80 more tokens
+    view = SchedulerView(0.0, (w("x", 0.0, 200),), running, PoolView(10_000, 300))
+    gate.begin(view)  # 300 - 1 (next decode) - 80 (growth) = 219 left
+    assert gate.admit(view.waiting[0], 200) is None  # 200 + 1 + 100 expected output = 301 > 219
+    for _ in range(9):
+        gate.observe_output(10)
+    assert gate.mean_output == 19.0  # (100 + 9 * 10) / 10
+    gate.begin(view)  # growth now 0 (the running request passed the mean): 299 left
+    adm = gate.admit(view.waiting[0], 200)
+    assert adm is not None and adm.reserve_tokens == 200 + 1 + 19
+
+
+def test_demand_gate_empty_server_always_progresses() -> None:
+    from policies.accelgen.gate import DemandKVGate
+
+    gate = DemandKVGate(prior_output=10_000)
+    view = SchedulerView(0.0, (w("x", 0.0, 300),), (), PoolView(1_000, 1_000))
+    gate.begin(view)
+    assert gate.admit(view.waiting[0], 300) is not None  # the expectation alone does not fit; physics does

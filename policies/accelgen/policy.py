@@ -14,7 +14,7 @@ after the decodes goes to prefill chunks. Steps:
    plus the decodes) and shrunk until the predicted time meets the limit, so the plan's predicted iteration time
    never exceeds the tightest included SLO whenever a ``min_budget``-sized iteration fits at all.
 
-The gate (default :class:`~policies.accelgen.gate.PagedPhysicalGate`, the physical gate in pages) makes every KV
+The gate (default :class:`~policies.accelgen.gate.DemandKVGate`: expected-demand admission in pages) makes every KV
 decision: admissions, top-ups and victims. The combined ``cacheopt+accelgen`` mode is this class with CacheOPT's
 gate (:mod:`policies.combined`); no special cases.
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from policies.accelgen.chunk import ChunkSizer, min_feasible_tbt_ms
-from policies.accelgen.gate import PagedPhysicalGate
+from policies.accelgen.gate import DemandKVGate
 from policies.accelgen.packing import pack
 from policies.accelgen.priority import Candidate, order_waiting
 from policies.base import Policy, register
@@ -47,7 +47,7 @@ class AccelGenPolicy(Policy):
     def __init__(self, latency: LatencyModel, **options: Any) -> None:
         super().__init__(latency, **options)
         self.cfg: AccelGenConfig = config_of(options).accelgen
-        self.gate: KVGate = options.get("gate") or PagedPhysicalGate()
+        self.gate: KVGate = options.get("gate") or DemandKVGate()
         self.sizer = ChunkSizer(latency, self.cfg.min_budget, self.cfg.max_budget)
         self.fitter: OnlineLatencyFitter | None = None
         base_model = latency if isinstance(latency, IterationLatencyModel) else getattr(latency, "latency", None)
@@ -196,3 +196,6 @@ class AccelGenPolicy(Policy):
         hook = getattr(self.gate, "on_finish", None)  # gates with a ledger (CacheOPT) release the allocation
         if hook is not None:
             hook(rid)
+        learn = getattr(self.gate, "observe_output", None)  # AccelGen's demand gate learns the mean output
+        if learn is not None:
+            learn(output_len)
