@@ -6,7 +6,8 @@ The SGLang side drives the real ``SchedulePolicy``, ``PrefillAdder``, ``NewToken
 ``prepare_for_decode``), ``TokenToKVPoolAllocator`` and ``RadixCache`` with the same per-step sequence as
 ``Scheduler.get_next_batch_to_run`` / ``update_running_batch`` / the batch-result processor (non-overlap mode);
 no model runs: each forward "samples" one token per request. Both sides see one iteration per time unit and the
-radix cache disabled (``--disable-radix-cache``), so KV accounting is exact on both sides.
+radix cache disabled (``--disable-radix-cache``), so KV accounting is exact on both sides. Page sizes 1 (the CPU
+server) and 16 (``PagedTokenToKVPoolAllocator``, the GPU profiles) are both checked.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def script(seed: int, n: int = 32) -> list[tuple[int, str, int, int, int]]:
     return out
 
 
-def simulate(reqs) -> list[tuple]:
+def simulate(reqs, page: int = 1) -> list[tuple]:
     """The ``sglang`` policy in the simulator; the trace of prefill batches and retractions."""
     cfg = ExtConfig(sglang=SGLangBaselineConfig(chunked_prefill_size=CHUNK, schedule_conservativeness=CONSERVATIVENESS))
     pol = create("sglang", IterationLatencyModel(c0_s=1.0, c_tok_s=0.0), config=cfg)
@@ -66,7 +67,8 @@ def simulate(reqs) -> list[tuple]:
 
     pol.plan, pol.choose_victims = rec_plan, rec_victims
     specs = [RequestSpec(rid, float(t), p, o, m) for t, rid, p, o, m in reqs]
-    sim = Simulator(pol, IterationLatencyModel(c0_s=1.0, c_tok_s=0.0), pool_tokens=POOL, prefix_cache=False)
+    lat = IterationLatencyModel(c0_s=1.0, c_tok_s=0.0)
+    sim = Simulator(pol, lat, pool_tokens=POOL, page_size=page, prefix_cache=False)
     res = sim.run(specs)
     assert all(r.ok for r in res.records)
     return trace
@@ -75,21 +77,25 @@ def simulate(reqs) -> list[tuple]:
 class StockSGLang:
     """The real classes, stepped like ``Scheduler.event_loop_normal`` (no overlap, no mixed chunk)."""
 
-    def __init__(self) -> None:
+    def __init__(self, page: int = 1) -> None:
         import torch
         from sglang.srt.managers.schedule_batch import ScheduleBatch
         from sglang.srt.managers.schedule_policy import SchedulePolicy
         from sglang.srt.managers.scheduler_components.new_token_ratio_tracker import NewTokenRatioTracker
-        from sglang.srt.mem_cache.allocator import TokenToKVPoolAllocator
+        from sglang.srt.mem_cache.allocator import PagedTokenToKVPoolAllocator, TokenToKVPoolAllocator
         from sglang.srt.mem_cache.cache_init_params import CacheInitParams
         from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool, ReqToTokenPool
         from sglang.srt.mem_cache.radix_cache import RadixCache
 
         self.rtp = ReqToTokenPool(size=128, max_context_len=4096, device="cpu", enable_memory_saver=False)
-        kv = MHATokenToKVPool(POOL, 1, torch.float16, 1, 4, 1, "cpu", False)
-        self.alloc = TokenToKVPoolAllocator(POOL, dtype=torch.float16, device="cpu", kvcache=kv, need_sort=False)
+        self.page = page
+        kv = MHATokenToKVPool(POOL, page, torch.float16, 1, 4, 1, "cpu", False)
+        if page == 1:
+            self.alloc = TokenToKVPoolAllocator(POOL, dtype=torch.float16, device="cpu", kvcache=kv, need_sort=False)
+        else:
+            self.alloc = PagedTokenToKVPoolAllocator(POOL, page, torch.float16, "cpu", kv, False)
         self.tc = RadixCache(CacheInitParams(disable=True, req_to_token_pool=self.rtp,
-                                             token_to_kv_pool_allocator=self.alloc, page_size=1))  # fmt: skip
+                                             token_to_kv_pool_allocator=self.alloc, page_size=page))  # fmt: skip
         self.policy = SchedulePolicy("fcfs", self.tc, False, False, False)
         self.tracker = NewTokenRatioTracker.from_config()
         self.running = ScheduleBatch(reqs=[], batch_is_full=False)
@@ -167,11 +173,11 @@ class StockSGLang:
         if (running.batch_is_full or not self.waiting) and self.chunked is None:
             return None
         self.policy.calc_priority(self.waiting, running)
-        adder = PrefillAdder(1, self.tc, self.alloc, running, self.tracker.current, 16384, CHUNK, 0, 0)
+        adder = PrefillAdder(self.page, self.tc, self.alloc, running, self.tracker.current, 16384, CHUNK, 0, 0)
         if self.chunked is not None:
             self.chunked.init_next_round_input()
             adder.chunked_req_limit = self.policy.shortest_prefill_chunk_limit(
-                self.chunked, self.waiting, adder.rem_chunk_tokens or 0, 1
+                self.chunked, self.waiting, adder.rem_chunk_tokens or 0, self.page
             )
             self.chunked = adder.add_chunked_req(self.chunked)
         for req in self.waiting:
@@ -257,11 +263,11 @@ def sglang_ready():
     return True
 
 
-@pytest.mark.parametrize("seed", [0, 1, 3, 4, 5, 6])
-def test_same_batches_and_retractions_as_stock_sglang(sglang_ready, seed):
+@pytest.mark.parametrize(("seed", "page"), [(0, 1), (1, 1), (3, 1), (4, 1), (0, 16), (2, 16), (4, 16), (6, 16)])
+def test_same_batches_and_retractions_as_stock_sglang(sglang_ready, seed, page):
     reqs = script(seed)
-    stock = StockSGLang().run(reqs)
-    ours = simulate(reqs)
+    stock = StockSGLang(page).run(reqs)
+    ours = simulate(reqs, page)
     assert any(kind == "D" and rids for kind, rids in stock), "script should make stock SGLang retract"
     assert any(kind == "P" and any(n == CHUNK for _, n in b) for kind, b in stock), "script should chunk"
     for i, (a, b) in enumerate(zip(stock, ours, strict=False)):
