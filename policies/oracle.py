@@ -4,8 +4,8 @@ What it is, precisely — a *clairvoyant online* scheduler, not a global offline
 contains single-machine scheduling with release dates and deadlines). At each scheduling point it:
 
 * keeps TBT SLOs with AccelGen's A1 budget (the same sizer, so the reference is about the choices below);
-* reserves every request's *exact* lifetime KV (``prompt + true output``) through :class:`ExactKVGate`, and the
-  exact remaining growth of every running request, so it never preempts (no over- or under-reservation);
+* admits through :class:`ExactKVGate`, which knows when every request finishes and admits only while the pool's
+  peak future use fits, so it never preempts and reuses KV that finishing requests free;
 * orders the waiting requests to maximise the number that meet their TTFT deadline (goodput), ties broken by the
   smallest sum of prefill completion times, under this model of the near future (:func:`evaluate`): prefills run
   one after another at the current iteration's chunk rate; request ``j`` starts when the previous one ends and
@@ -31,7 +31,7 @@ from typing import Any
 from policies.accelgen.policy import AccelGenPolicy
 from policies.accelgen.priority import TIER_RESUME, Candidate
 from policies.base import register
-from policies.common import ceil_page, newest_first_victims
+from policies.common import newest_first_victims
 from policies.latency import BatchShape, LatencyModel
 from policies.views import Admit, Preempt, RunningView, SchedulerView, WaitingView
 
@@ -42,32 +42,62 @@ def true_output(req: WaitingView | RunningView) -> int:
 
 
 class ExactKVGate:
-    """KV admission with exact lifetimes: never over-commits, so nothing is ever preempted (A4)."""
+    """KV admission with exact lifetimes (A4): admit a request only if the pool's *peak* future use stays within
+    what is available now, knowing when every request finishes — so the Oracle never preempts, yet does not
+    over-reserve (KV freed by requests that finish before a newcomer peaks is reused).
+
+    Model, in tokens relative to now, for every running, in-progress and admitted request ``i`` with ``rem_i``
+    output tokens still to generate: it adds ``a_i`` tokens now (its prompt still to prefill, or nothing when
+    running, plus one page of rounding slack) and one per step, and when it finishes frees what it held before
+    (``kv_i``, its private KV). Use at step ``t``: ``sum_{rem_i >= t} (a_i + t) - sum_{rem_i < t} kv_i``; it grows
+    between finishes, so it peaks at some ``t = rem_j``; each check is one pass over the requests sorted by
+    ``rem``."""
 
     def __init__(self) -> None:
-        self._left = 0
+        self._entries: list[tuple[int, int, int]] = []  # (rem, a, kv)
+        self._available = 0
         self._page = 1
         self._in_progress: set[str] = set()
 
     def begin(self, view: SchedulerView) -> None:
-        self._page = view.pool.page_size
-        page = self._page
-        growth = sum(ceil_page(max(r.prompt_len + true_output(r) - r.kv_used, 0), page) + page for r in view.running)
+        page = self._page = view.pool.page_size
+        self._available = view.pool.available_tokens
+        entries = [
+            (max(true_output(r) - r.output_len, 1), page, max(r.kv_used - r.cached_len, 0)) for r in view.running
+        ]
         self._in_progress = {w.rid for w in view.waiting if w.prefilled_len > 0 and not w.swapped_out}
-        growth += sum(self.lifetime(w) - w.prefilled_len for w in view.waiting if w.rid in self._in_progress)
-        self._left = view.pool.available_tokens - growth
+        for w in view.waiting:
+            if w.rid in self._in_progress:
+                entries.append((self._rem(w), w.seq_len - w.prefilled_len + page, w.prefilled_len - w.cached_len))
+        self._entries = sorted(entries)
 
-    def lifetime(self, req: WaitingView) -> int:
-        return ceil_page(req.prompt_len + true_output(req), self._page) + self._page
+    @staticmethod
+    def _rem(req: WaitingView | RunningView) -> int:
+        return max(true_output(req) - req.output_len, 1)
+
+    @staticmethod
+    def peak(entries: Sequence[tuple[int, int, int]]) -> int:
+        """Peak future use (tokens relative to now) of ``entries`` sorted by ``rem`` (class docstring)."""
+        n = len(entries)
+        suffix_a = [0] * (n + 1)
+        for i in range(n - 1, -1, -1):
+            suffix_a[i] = suffix_a[i + 1] + entries[i][1]
+        best, freed = 0, 0
+        for i in range(n):
+            if i == 0 or entries[i][0] != entries[i - 1][0]:
+                best = max(best, suffix_a[i] + (n - i) * entries[i][0] - freed)
+            freed += entries[i][2]
+        return best
 
     def admit(self, req: WaitingView, prefill_tokens: int) -> Admit | None:
-        if req.rid in self._in_progress:  # its lifetime was reserved at begin()
+        if req.rid in self._in_progress:  # reserved at begin()
             return Admit(req.rid, prefill_tokens, reserve_tokens=0)
-        need = self.lifetime(req) - (req.prefilled_len if req.swapped_out else 0)
-        if need > self._left:
+        a = (req.seq_len - req.cached_len if req.swapped_out else req.seq_len) + self._page
+        trial = sorted([*self._entries, (self._rem(req), a, 0)])
+        if self.peak(trial) > self._available:
             return None
-        self._left -= need
-        return Admit(req.rid, prefill_tokens, reserve_tokens=need)
+        self._entries = trial
+        return Admit(req.rid, prefill_tokens, reserve_tokens=a + self._rem(req))
 
     def topups(self) -> tuple[tuple[str, int], ...]:
         return ()
