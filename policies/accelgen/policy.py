@@ -6,9 +6,10 @@ after the decodes goes to prefill chunks. Steps:
 1. Best-effort check (bad input): running/waiting requests whose TBT SLO is below the minimum possible iteration
    time for their context (:func:`~policies.accelgen.chunk.min_feasible_tbt_ms`) are treated as having no TBT SLO
    (documented best-effort class; counted in ``notes['best_effort']``).
-2. A2 orders the waiting queue (:mod:`policies.accelgen.priority`).
-3. A1 sizes the budget from the tightest feasible TBT SLO of the running requests, the decodes' contexts and the
-   first candidate's chunk context (:mod:`policies.accelgen.chunk`). A1 off: a fixed budget of ``pivot_tokens``.
+2. A1 sizes the budget from the tightest feasible TBT SLO of the running requests, the decodes' contexts and the
+   in-progress chunk's context (:mod:`policies.accelgen.chunk`). A1 off: a fixed budget of ``pivot_tokens``.
+3. A2 orders the waiting queue (:mod:`policies.accelgen.priority`); its slack pruning estimates prefill times at
+   this budget's rate (seconds per prefill token of a budget-sized iteration).
 4. A3 packs admissions into the budget and the free KV through the gate (:mod:`policies.accelgen.packing`).
    Each admission is checked against the *actual* iteration shape (all chunks so far with their own contexts,
    plus the decodes) and shrunk until the predicted time meets the limit, so the plan's predicted iteration time
