@@ -24,7 +24,8 @@ Prompts: the spec's text when it has one, else seeded random token ids of exactl
 ``prefix_hash_ids`` become identical id blocks for equal hashes, so the radix cache sees the trace's sharing).
 Tokens per chunk come from ``meta_info.completion_tokens`` (a chunk may carry several; they share its time).
 ``preemptions`` is the delta over the run of the server's Prometheus counter ``sglang:num_retracted_requests_total``
-(needs ``--enable-metrics``); ``None`` in the summary when the server does not expose it.
+(needs ``--enable-metrics``); without it, the sum of the per-request ``meta_info.num_retractions`` (each record's
+``preemptions``), and ``preemptions_source`` says which.
 A server that dies mid-run (refused connection, or a dropped stream while ``/health`` no longer answers) stops the
 run: requests not yet sent and still in flight are recorded as failed with the reason, and the summary carries it
 in ``aborted``. Every wait is bounded (connect, per-read stall, per-request total).
@@ -49,8 +50,10 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
+from eval import profiles
 from eval.metrics import RequestRecord, summarize, summarize_by_class, write_records
-from eval.workloads import RequestSpec
+from eval.slo import parse_slo
+from eval.workloads import RequestSpec, available_workloads, load_workload
 
 MODES = ("cap", "exact")
 PREEMPTION_METRICS = ("sglang:num_retracted_requests_total",)
@@ -75,6 +78,7 @@ class LoadOptions:
     stall_timeout_s: float = 120.0
     request_timeout_s: float = 600.0
     abort_grace_s: float = 2.0
+    health_interval_s: float = 5.0
     preemption_metrics: tuple[str, ...] = PREEMPTION_METRICS
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -100,15 +104,13 @@ class _Run:
         return time.perf_counter() - self.t0
 
     def abort(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason = reason
+        self.reason = self.reason or reason
         self.stop.set()
 
 
 def forcer_ref(module: str = "sglang_ext.logit_processors", name: str = "ForceEosAtLength") -> str:
-    """``ForceEosAtLength.to_str()`` without importing SGLang into the client (seconds and ~1 GB): dill ships a
-    class of an importable module as a pickle global reference, i.e. exactly these protocol-4 opcodes (PROTO,
-    FRAME, two SHORT_BINUNICODE + MEMOIZE, STACK_GLOBAL, MEMOIZE, STOP). A test checks it equals ``to_str()``."""
+    """``ForceEosAtLength.to_str()`` without importing SGLang (seconds, ~1 GB): dill ships a class of an importable
+    module as a protocol-4 pickle global reference, exactly these opcodes. A test checks it equals ``to_str()``."""
     m, n = module.encode(), name.encode()
     body = b"\x8c" + bytes([len(m)]) + m + b"\x94\x8c" + bytes([len(n)]) + n + b"\x94\x93\x94."
     return json.dumps({"callable": (b"\x80\x04\x95" + len(body).to_bytes(8, "little") + body).hex()})
@@ -155,25 +157,35 @@ async def _get(run: _Run, path: str, timeout_s: float = 5.0) -> tuple[int, str]:
 
 async def _server_alive(run: _Run, timeout_s: float) -> bool:
     async with run.probe_lock:
-        if run.stop.is_set():
-            return False
-        try:
-            status, _ = await _get(run, "/health", timeout_s)
-            return status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            return False
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+            return not run.stop.is_set() and (await _get(run, "/health", timeout_s))[0] == 200
+        return False
+
+
+async def _watchdog(run: _Run, cfg: LoadOptions) -> None:
+    """Abort when ``/health`` fails twice in a row: a hung server may never answer a request at all."""
+    misses = 0
+    while not run.stop.is_set():
+        await asyncio.sleep(cfg.health_interval_s)
+        misses = 0 if await _server_alive(run, cfg.connect_timeout_s) else misses + 1
+        if misses >= 2:
+            run.abort(f"server at {run.base} stopped answering (/health failed twice)")
 
 
 async def read_preemptions(run: _Run, names: tuple[str, ...] = PREEMPTION_METRICS) -> float | None:
-    """Sum of the named Prometheus samples on ``/metrics`` (``None`` if the server exposes none of them)."""
+    """Sum of the named Prometheus samples on ``/metrics``: 0 while SGLang has not created the labelled counter yet
+    (it appears at its first increment), ``None`` when the server exposes no SGLang metrics at all."""
     try:
         status, text = await _get(run, "/metrics", 10.0)
     except (aiohttp.ClientError, asyncio.TimeoutError):
         return None
     if status != 200:
         return None
-    values = [s.value for fam in text_string_to_metric_families(text) for s in fam.samples if s.name in names]
-    return float(sum(values)) if values else None
+    families = list(text_string_to_metric_families(text))
+    values = [s.value for fam in families for s in fam.samples if s.name in names]
+    if values:
+        return float(sum(values))
+    return 0.0 if any(fam.name.startswith("sglang:") for fam in families) else None  # a counter not yet incremented
 
 
 async def _vocab_size(run: _Run) -> int:
@@ -196,18 +208,18 @@ async def _one(run: _Run, spec: RequestSpec, body: dict[str, Any] | None, rec: R
         return
     rec.arrival_s = run.now()
     run.max_lag_s = max(run.max_lag_s, rec.arrival_s - spec.arrival_s)
-    timeout = aiohttp.ClientTimeout(total=cfg.request_timeout_s, sock_read=cfg.stall_timeout_s)
+    timeout = aiohttp.ClientTimeout(total=cfg.request_timeout_s)  # the stall bound starts at the first token
     try:
         async with run.session.post(run.base + "/generate", json=body, timeout=timeout) as resp:
             if resp.status != 200:
                 rec.error = f"HTTP {resp.status}: {' '.join((await resp.text())[:300].split())}"
                 return
-            await _read_stream(run, resp, rec)
+            await _read_stream(run, resp, rec, cfg.stall_timeout_s)
     except aiohttp.ClientConnectorError as e:
         rec.error = f"connection refused: {e}"
         run.abort(f"server at {run.base} unreachable ({e})")
     except asyncio.TimeoutError:
-        rec.error = f"timeout (no data for {cfg.stall_timeout_s} s or over {cfg.request_timeout_s} s in all)"
+        rec.error = f"timeout (no token for {cfg.stall_timeout_s} s, or over {cfg.request_timeout_s} s in all)"
         if not await _server_alive(run, cfg.connect_timeout_s):
             run.abort(f"server at {run.base} stopped answering (/health failed after a request timed out)")
     except aiohttp.ClientError as e:
@@ -216,10 +228,12 @@ async def _one(run: _Run, spec: RequestSpec, body: dict[str, Any] | None, rec: R
             run.abort(f"server at {run.base} went away mid-run ({type(e).__name__})")
 
 
-async def _read_stream(run: _Run, resp: aiohttp.ClientResponse, rec: RequestRecord) -> None:
-    """Parse the SSE stream by events (a cumulative-text event can exceed aiohttp's line limit)."""
+async def _read_stream(run: _Run, resp: aiohttp.ClientResponse, rec: RequestRecord, stall_s: float) -> None:
+    """Parse the SSE stream by events (a cumulative-text event can exceed aiohttp's line limit). Waiting for the
+    first token is bounded only by the request's total timeout (queueing under overload is legitimate); after
+    it, no token for ``stall_s`` ends the request."""
     buf, done, finish = b"", 0, None
-    async for chunk in resp.content.iter_any():
+    while chunk := await asyncio.wait_for(resp.content.readany(), timeout=stall_s if done else None):
         buf += chunk
         *events, buf = buf.split(b"\n\n")
         for ev in events:
@@ -239,6 +253,7 @@ async def _read_stream(run: _Run, resp: aiohttp.ClientResponse, rec: RequestReco
             rec.token_times_s.extend([now] * (ct - done))
             done = max(done, ct)
             rec.prompt_len = int(meta.get("prompt_tokens", rec.prompt_len))
+            rec.preemptions = int(meta.get("num_retractions", rec.preemptions))
             if meta.get("finish_reason"):
                 fr = meta["finish_reason"]
                 finish = fr.get("type", str(fr)) if isinstance(fr, dict) else str(fr)
@@ -281,6 +296,7 @@ async def _run(base: str, specs: list[RequestSpec], cfg: LoadOptions) -> tuple[l
         pre = await read_preemptions(run, cfg.preemption_metrics)
         run.t0 = time.perf_counter()
         tasks = [asyncio.create_task(_one(run, s, b, r, cfg)) for s, b, r in zip(specs, bodies, records, strict=True)]
+        watchdog = asyncio.create_task(_watchdog(run, cfg))
         with tqdm(total=len(tasks), desc="requests", unit="req", disable=not cfg.progress) as bar:
             pending = set(tasks)
             while pending:
@@ -293,6 +309,7 @@ async def _run(base: str, specs: list[RequestSpec], cfg: LoadOptions) -> tuple[l
                     await asyncio.gather(*pending, return_exceptions=True)
                     bar.update(len(pending))
                     pending = set()
+        watchdog.cancel()
         for r in records:
             if not r.ok and r.error is None:
                 r.error, r.finish_s = f"aborted: {run.reason}", None
@@ -302,19 +319,21 @@ async def _run(base: str, specs: list[RequestSpec], cfg: LoadOptions) -> tuple[l
 
 
 def _summary(records: list[RequestRecord], preemptions: int | None, run: _Run, cfg: LoadOptions) -> dict[str, Any]:
-    summary: dict[str, Any] = summarize(records, preemptions=preemptions or 0)
-    summary["preemptions"] = preemptions
-    ok = [r for r in records if r.ok]
-    errors = Counter(r.error for r in records if r.error)
+    """``preemptions``: the server counter's delta; without ``/metrics``, the sum of the per-request
+    ``meta_info.num_retractions`` (source ``meta_info``; a lower bound: failed requests report none)."""
+    per_request = sum(r.preemptions for r in records)
+    summary: dict[str, Any] = summarize(records, preemptions=per_request if preemptions is None else preemptions)
+    source = "/metrics " + "+".join(cfg.preemption_metrics) if preemptions is not None else "meta_info"
     summary |= {
         "mode": cfg.mode,
         "workload": cfg.metadata,
         "url": run.base,
         "aborted": run.reason,
-        "preemptions_source": "/metrics " + "+".join(cfg.preemption_metrics) if preemptions is not None else None,
-        "length_mismatches": sum(r.output_len != r.target_output_len for r in ok),
+        "preemptions_source": source,
+        "preemptions_per_request_sum": per_request,
+        "length_mismatches": sum(r.output_len != r.target_output_len for r in records if r.ok),
         "finish_reasons": dict(run.finish_reasons),
-        "errors": dict(errors.most_common(5)),
+        "errors": dict(Counter(r.error for r in records if r.error).most_common(5)),
         "client_max_lag_ms": run.max_lag_s * 1e3,
     }
     if len({r.slo_class for r in records}) > 1:
@@ -335,8 +354,6 @@ def run_load(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from eval.workloads import available_workloads, load_workload
-
     ap = argparse.ArgumentParser(prog="python -m eval.loadgen", description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:30000")
     ap.add_argument("--workload", required=True, help=f"one of: {', '.join(available_workloads())}")
@@ -357,9 +374,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests-out", default=None, help="per-request JSON lines path")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
-    from eval import profiles
-    from eval.slo import parse_slo
-
     wl = {k: getattr(a, k) for k in ("num_requests", "rate", "seed", "scale", "max_context", "start")}
     wl["max_new_tokens"] = int(a.max_new_tokens) if a.max_new_tokens.isdigit() else a.max_new_tokens
     try:

@@ -77,16 +77,21 @@ def make_app(fake: Fake) -> web.Application:
         n = sp["custom_params"]["target_len"] if "custom_logit_processor" in body else sp["max_new_tokens"]
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
+        if body["rid"].endswith("-slowstart"):
+            await asyncio.sleep(1.5)  # a long queue before the first token
         done, prompt = 0, len(body.get("input_ids") or body.get("text", "").split())
         while done < n:
             done += 2 if done % 4 == 1 and done + 2 <= n else 1  # some chunks carry two tokens
             await asyncio.sleep(0.003)
+            if body["rid"].endswith("-stall") and done == 3:
+                await asyncio.sleep(3.0)  # a mid-stream stall past the bound
             if body["rid"].endswith("-err") and done > 2:
                 await resp.write(b'data: {"error": {"message": "scheduler crashed"}}\n\n')
                 break
-            meta = {"completion_tokens": done, "prompt_tokens": prompt,
+            big = body["rid"].endswith("-big")
+            meta = {"completion_tokens": done, "prompt_tokens": prompt, "num_retractions": int(big),
                     "finish_reason": {"type": "stop"} if done == n else None}  # fmt: skip
-            pad = "y" * 100_000 if body["rid"].endswith("-big") else ""  # an event beyond aiohttp's line limit
+            pad = "y" * 100_000 if big else ""  # an event beyond aiohttp's line limit
             await resp.write(b"data: " + json.dumps({"text": "x" * done + pad, "meta_info": meta}).encode() + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         fake.served += 1
@@ -218,7 +223,18 @@ def test_errors_become_failed_records_and_metrics_may_be_missing(fake: Fake) -> 
     assert by[specs[2].rid].error == "server error: scheduler crashed"
     assert by[specs[3].rid].ok and by[specs[3].rid].output_len == 5
     assert summary["failed"] == 2 and summary["completed"] == 4 and summary["aborted"] is None
-    assert summary["preemptions"] is None and summary["preemptions_source"] is None
+    assert summary["preemptions"] == 1 and summary["preemptions_source"].startswith("meta_info")
+
+
+def test_stall_bound_starts_at_the_first_token(fake: Fake) -> None:
+    specs = _specs(3)
+    specs[0] = replace(specs[0], rid=specs[0].rid + "-slowstart", output_len=6)
+    specs[1] = replace(specs[1], rid=specs[1].rid + "-stall", output_len=8)
+    with serve_in_thread(fake) as url:
+        records, summary = run_load(url, specs, progress=False, stall_timeout_s=1.0)
+    assert records[0].ok and records[0].ttft_s > 1.4  # queueing is not a stall
+    assert records[1].error is not None and records[1].error.startswith("timeout (no token for 1.0 s")
+    assert records[2].ok and summary["aborted"] is None  # the server still answers: only that request failed
 
 
 def test_unreachable_server_fails_at_once() -> None:
@@ -246,7 +262,7 @@ def test_hung_server_is_bounded(fake: Fake) -> None:
     with serve_in_thread(fake) as url:
         fake.hang = True
         t0 = time.monotonic()
-        records, summary = run_load(url, specs, progress=False, connect_timeout_s=1.0, stall_timeout_s=1.0,
+        records, summary = run_load(url, specs, progress=False, connect_timeout_s=1.0, health_interval_s=0.5,
                                     abort_grace_s=0.5, vocab_size=300)  # fmt: skip
         elapsed = time.monotonic() - t0
         fake.hang = False
