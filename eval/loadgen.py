@@ -23,12 +23,12 @@ the forcer only (and for the Oracle policy, A4); schedulers must not read it.
 Prompts: the spec's text when it has one, else seeded random token ids of exactly ``prompt_len`` (Mooncake
 ``prefix_hash_ids`` become identical id blocks for equal hashes, so the radix cache sees the trace's sharing).
 Tokens per chunk come from ``meta_info.completion_tokens`` (a chunk may carry several; they share its time).
-``preemptions`` is the delta over the run of the server's Prometheus counter ``sglang:num_retracted_requests_total``
-(needs ``--enable-metrics``); without it, the sum of the per-request ``meta_info.num_retractions`` (each record's
-``preemptions``), and ``preemptions_source`` says which.
-A server that dies mid-run (refused connection, or a dropped stream while ``/health`` no longer answers) stops the
-run: requests not yet sent and still in flight are recorded as failed with the reason, and the summary carries it
-in ``aborted``. Every wait is bounded (connect, per-read stall, per-request total).
+``preemptions``: the run's delta of the server's Prometheus counter ``sglang:num_retracted_requests_total`` (needs
+``--enable-metrics``), else the sum of per-request ``meta_info.num_retractions`` (each record's ``preemptions``);
+``preemptions_source`` says which.
+A server that dies or hangs mid-run (refused connection, dropped stream or two missed ``/health`` probes) stops the
+run: requests not sent or in flight fail with the reason, also in the summary's ``aborted``. Every wait is bounded
+(connect, stall after the first token, per-request total, ``/health``).
 """
 
 from __future__ import annotations
@@ -310,9 +310,8 @@ async def _run(base: str, specs: list[RequestSpec], cfg: LoadOptions) -> tuple[l
                     bar.update(len(pending))
                     pending = set()
         watchdog.cancel()
-        for r in records:
-            if not r.ok and r.error is None:
-                r.error, r.finish_s = f"aborted: {run.reason}", None
+        for r in (r for r in records if not r.ok and r.error is None):  # cancelled in flight
+            r.error, r.finish_s = f"aborted: {run.reason}", None
         post = None if run.reason else await read_preemptions(run, cfg.preemption_metrics)
     preemptions = None if pre is None or post is None else round(post - pre)
     return records, _summary(records, preemptions, run, cfg)
