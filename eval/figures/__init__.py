@@ -36,8 +36,8 @@ class Settings:
     ag_chunk_sizes: tuple[int, ...] = ()
     ag_tiny_seeds: int = 10
     # Live CPU server slice (stock vs policy, tiny model) and the simulator-fidelity comparison on it.
-    live_requests: int = 40
-    live_rate: float = 4.0
+    live_requests: int = 30
+    live_rate: float = 2.0
     live_pool_tokens: int = 1536
     live_policy: str = "cacheopt"
     predictor_q: tuple[float, ...] = (0.9, 0.95)
@@ -48,13 +48,13 @@ class Settings:
             return cls(True, ("h100-llama2-13b",), ("azure-conv",), (0.1, 0.15, 0.3, 0.5, 0.8), 500, 3,
                        ag_profiles=("h100-llama3-8b",), ag_workloads=("mixed-code-conv",), ag_loads=(0.5, 0.8, 1.1),
                        ag_n=200, ag_chunk_sizes=(256, 512, 1024, 2048), ag_tiny_seeds=10,
-                       live_requests=40, live_rate=4.0)  # fmt: skip
+                       live_requests=30, live_rate=2.0)  # fmt: skip
         return cls(False, ("h100-llama3-8b", "h100-llama2-13b", "a100-llama2-13b"), ("azure-conv", "sharegpt"),
                    (0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.45, 0.65, 0.9, 1.1), 1000, 5,
                    ag_profiles=("h100-llama3-8b", "h100-llama2-13b"),
                    ag_workloads=("mixed-code-conv", "mixed-arxiv-sharegpt"), ag_loads=(0.4, 0.6, 0.8, 1.0, 1.2, 1.5),
                    ag_n=1000, ag_chunk_sizes=(128, 256, 512, 1024, 2048, 4096), ag_tiny_seeds=30,
-                   live_requests=120, live_rate=6.0)  # fmt: skip
+                   live_requests=120, live_rate=4.0)  # fmt: skip
 
 
 @dataclass

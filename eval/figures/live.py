@@ -12,6 +12,7 @@ embedding and LM head are kept for compute fidelity.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -105,6 +106,7 @@ def run_pair(*, device: str = "cpu", model: str = "tiny", policy: str = "cacheop
         max_context = min(max_context, MODEL_CONFIGS[model]["max_position_embeddings"])
     specs = workload(workload_name, num_requests, rate, seed, scale, max_context, slo, slo_profile)
     t0 = time.monotonic()
+    load_start = os.getloadavg()[0]
     stock = run_side("stock", server_args(device, path, pool, list(server_extra)), specs, out, device, seed, timeout_s)
     ext_flags = ["--ext-policy", policy, *ext_args]
     if device == "cuda" and slo_profile and not any(a.startswith("--ext-latency-profile") for a in ext_args):
@@ -114,7 +116,8 @@ def run_pair(*, device: str = "cpu", model: str = "tiny", policy: str = "cacheop
     config = {"device": device, "model": model, "policy": policy, "workload": workload_name, "num_requests": len(specs),
               "rate": rate, "pool_tokens": pool, "scale": scale, "max_context": max_context, "slo": slo,
               "slo_profile": slo_profile, "seed": seed, "ext_args": list(ext_args), "server_extra": list(server_extra),
-              "wall_s": time.monotonic() - t0}  # fmt: skip
+              "wall_s": time.monotonic() - t0, "load_avg_1min": [load_start, os.getloadavg()[0]],
+              "cpu_count": os.cpu_count()}  # fmt: skip
     doc = {"config": config, "stock": stock, "ext": ext}
     (out / "comparison.json").write_text(json.dumps(doc, indent=2) + "\n")
     return doc
@@ -123,7 +126,13 @@ def run_pair(*, device: str = "cpu", model: str = "tiny", policy: str = "cacheop
 def title(config: dict[str, Any]) -> str:
     return (f"{config['model']} on {config['device']}: {config['workload']} x{config['num_requests']} (lengths "
             f"/{config['scale']:g}), Poisson {config['rate']:g} req/s, pool {config['pool_tokens']} tokens, SLO "
-            f"{config['slo']}")  # fmt: skip
+            f"{config['slo']}" + _load(config))  # fmt: skip
+
+
+def _load(config: dict[str, Any]) -> str:
+    """Other processes on the machine slow a CPU server; the report says how busy it was."""
+    la = config.get("load_avg_1min")
+    return f"; 1-min load average {la[0]:.1f} -> {la[1]:.1f} on {config.get('cpu_count')} cores" if la else ""
 
 
 def sim_specs_params(config: dict[str, Any]) -> dict[str, Any]:

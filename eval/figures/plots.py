@@ -19,7 +19,10 @@ Plot = Callable[[dict[str, Any], Path], None]
 STYLE = {
     "oracle": {"linestyle": "--", "color": "black"},
     "sglang": {"color": "C3"},
+    "vllm": {"color": "C1"},
+    "sarathi": {"color": "C5"},
     "cacheopt": {"color": "C2"},
+    "cacheopt-mixed": {"color": "C8"},
     "accelgen": {"color": "C0"},
     "cacheopt+accelgen": {"color": "C4"},
 }
