@@ -132,7 +132,7 @@ def running_view(r: SimRequest) -> RunningView:
         r.estimate,
         t[-1] if t else None,
         t[0] if t else None,
-        r.shared_len,
+        r.cached_len,  # the hit it was admitted with: shared with others, so a preemption may not free it
     )
 
 
@@ -168,6 +168,6 @@ def oracle_running_view(r: SimRequest) -> OracleRunningView:
         r.estimate,
         t[-1] if t else None,
         t[0] if t else None,
-        r.shared_len,
+        r.cached_len,  # the hit it was admitted with: shared with others, so a preemption may not free it
         r._finish_len,
     )
