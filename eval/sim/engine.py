@@ -4,7 +4,8 @@ with an injected latency model in place of the GPU (issue 3; Vidur-style).
 One iteration: build the views, ``policy.plan(view)``, apply its preemptions/top-ups/admissions (each admitted
 chunk's KV is allocated before the forward, as SGLang allocates ``out_cache_loc``), make room for the decode step
 (``policy.choose_victims`` when it does not fit: decode OOM), advance the clock by
-``latency.iteration_s(shape)`` plus any swap transfers, then emit tokens. Time jumps over idle gaps to the next
+``latency.iteration_s(shape)`` plus any swap transfers (``latency.swap_s``, serialised with the iteration: no
+copy/compute overlap is modelled), then emit tokens. Time jumps over idle gaps to the next
 arrival. The host decides nothing itself: it only enforces the physics (pool capacity, hidden lengths) and
 fails loudly when a policy breaks them or stops making progress.
 
