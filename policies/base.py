@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from policies.latency import LatencyModel
+from policies.latency import BatchShape, LatencyModel
 from policies.views import IterationPlan, Preempt, SchedulerView
 
 
@@ -39,6 +39,9 @@ class Policy(ABC):
 
     def on_finish(self, rid: str, output_len: int) -> None:  # noqa: B027 - optional hook
         """A request finished with ``output_len`` tokens (feedback for predictors/reservations)."""
+
+    def observe_iteration(self, shape: BatchShape, seconds: float) -> None:  # noqa: B027 - optional hook
+        """The host measured an iteration of ``shape`` taking ``seconds`` (AccelGen A1 refits from these)."""
 
 
 _REGISTRY: dict[str, Callable[..., Policy]] = {}

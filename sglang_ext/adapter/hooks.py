@@ -38,6 +38,7 @@ def after_scheduler_init(result: Any, sched: Any, *args: Any, **kwargs: Any) -> 
             "chunked_prefill_size": sched.chunked_prefill_size,
             "max_prefill_tokens": getattr(sched, "max_prefill_tokens", None),
             "max_running_requests": getattr(sched, "max_running_requests", None),
+            "online_refit": True,
         },
     )
     from sglang_ext.adapter.prefill import PolicyPrefillAdder
@@ -103,6 +104,12 @@ def around_retraction_order(original: Any, reqs: list[Any]) -> list[int]:
     return _ADAPTER.retraction_order(_RETRACTING[-1], reqs, default)
 
 
+def around_run_batch(original: Any, sched: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
+    if _ADAPTER is not None:
+        _ADAPTER.on_iteration_start(batch)
+    return original(sched, batch, *args, **kwargs)
+
+
 def after_add_request(result: Any, sched: Any, req: Any, *args: Any, **kwargs: Any) -> None:
     if _ADAPTER is not None:
         _ADAPTER.on_arrival(req)
@@ -130,6 +137,7 @@ SCHEDULER_HOOKS = (
     (f"{SCHED}._get_new_batch_prefill_raw", around_prefill_raw, "AROUND"),
     (f"{SCHED}.get_prefill_adder_class", around_adder_class, "AROUND"),
     (f"{SCHED}._add_request_to_queue", after_add_request, "AFTER"),
+    (f"{SCHED}.run_batch", around_run_batch, "AROUND"),
     (f"{POLICY}.calc_priority", around_calc_priority, "AROUND"),
     (f"{BATCH}.retract_decode", around_retract_decode, "AROUND"),
     (f"{BATCH}._get_decode_retraction_order", around_retraction_order, "AROUND"),

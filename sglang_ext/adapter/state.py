@@ -16,6 +16,7 @@ from typing import Any
 
 from policies import base as policy_registry
 from policies.config import ExtConfig
+from policies.latency import BatchShape
 from policies.views import SLO, IterationPlan, LengthEstimate, PreemptMode, SchedulerView
 from predictors.online import OnlineLengthBound
 from sglang_ext.adapter import translate
@@ -24,6 +25,7 @@ logger = logging.getLogger("sglang_ext")
 
 RATE_WINDOW_S = 30.0
 LOG_EVERY_S = 10.0
+IDLE_FACTOR = 5.0  # a period this many times the predicted iteration time contains idle time
 
 
 def _latency_model(cfg: ExtConfig) -> Any:
@@ -59,6 +61,7 @@ class Adapter:
         if cfg.predictor.mode == "online":
             self.online = OnlineLengthBound(cfg.predictor.alpha, cfg.predictor.beta)
         self._rate = 0.0
+        self._iter_prev: tuple[BatchShape, float] | None = None
         logger.info("sglang_ext: adapter active in scheduler pid=%d policy=%s", os.getpid(), cfg.policy)
 
     # --- clock and arrivals ------------------------------------------------------------------------------------
@@ -173,6 +176,20 @@ class Adapter:
             for d in (self.arrival, self.first_token, self.last_token, self.out_alloc, self.guest_of):
                 d.pop(rid, None)
             self.counters["finished"] += 1
+
+    # --- measured iterations (A1 online refit) -------------------------------------------------------------
+    def on_iteration_start(self, batch: Any) -> None:
+        """The period between two forward launches is the iteration time a reader sees (forward + scheduling);
+        it is attributed to the previous batch's shape. Periods that include idle sleep are not measurements."""
+        now = time.monotonic()
+        if self._iter_prev is not None:
+            shape, start = self._iter_prev
+            seconds = now - start
+            predicted = self.latency.iteration_s(shape)
+            if seconds <= max(IDLE_FACTOR * predicted, 0.05):
+                self.policy.observe_iteration(shape, seconds)
+                self.counters["iterations_measured"] += 1
+        self._iter_prev = (translate.batch_shape(batch), now)
 
     # --- decisions ---------------------------------------------------------------------------------------------
     def make_plan(self, sched: Any, running_batch: Any) -> IterationPlan:

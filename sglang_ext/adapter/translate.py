@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from policies.latency import BatchShape
 from policies.views import SLO, LengthEstimate, PoolView, RunningView, SchedulerView, WaitingView
 
 SLO_KEYS = ("ttft_slo_ms", "tbt_slo_ms")
@@ -105,3 +106,20 @@ def scheduler_view(
 
 def index_by_rid(reqs: list[Any]) -> Mapping[str, int]:
     return {r.rid: i for i, r in enumerate(reqs)}
+
+
+def batch_shape(batch: Any) -> BatchShape:
+    """The shape of a ScheduleBatch: prefill chunks (new tokens, cached before) or decodes (context lengths). In a
+    mixed batch, decodes run as one-token extends and are counted as decodes."""
+    if batch.forward_mode.is_decode():
+        return BatchShape(decode_ctx=tuple(len(r.origin_input_ids) + len(r.output_ids) for r in batch.reqs))
+    prefill: list[tuple[int, int]] = []
+    decode: list[int] = []
+    for r in batch.reqs:
+        n = int(getattr(r, "extend_input_len", 0) or 0)
+        before = int(getattr(r, "prefix_len", 0) or 0)
+        if n == 1 and r.output_ids:
+            decode.append(before + 1)
+        elif n > 0:
+            prefill.append((n, before))
+    return BatchShape(prefill=tuple(prefill), decode_ctx=tuple(decode))
