@@ -108,6 +108,8 @@ class AccelGenConfig:
     pivot_tokens: int = opt(512, "A1: compute-saturation size to reach when SLOs allow.")
     slo_priority: bool = opt(True, "A2: least-slack-first with similar-SLO grouping.")
     slo_group_ratio: float = opt(1.5, "A2: SLOs within this ratio of the tightest are batched together.")
+    slo_group_mode: str = opt("tighter", "A2: out-of-group requests the grouping defers: tighter (they would shrink "
+                              "the batch budget) or both (also looser ones).", ("tighter", "both"))  # fmt: skip
     multi_resource: bool = opt(True, "A3: choose queued requests filling both the token budget and free KV.")
     refit_interval: int = opt(50, "A1: refit the latency model from measured iterations every N iterations.")
     urgent_slack_frac: float = opt(0.5, "A2: a request whose TTFT slack is below this fraction of its TTFT SLO "

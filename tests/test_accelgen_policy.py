@@ -41,10 +41,10 @@ def r(rid: str, ctx: int, tbt: float | None) -> RunningView:
     return RunningView(rid, 0.0, ctx - 10, 10, 256, ctx, ctx, SLO(None, tbt))
 
 
-def order(view: SchedulerView, binding: float | None = None, grouping: bool = True) -> list[str]:
+def order(view: SchedulerView, binding: float | None = None, grouping: bool = True, mode: str = "both") -> list[str]:
     cands, _ = order_waiting(
         view, MODEL, binding_ms=binding, feasible_tbt={}, group_ratio=1.5, urgent_slack_frac=0.5, starve_s=30.0,
-        grouping=grouping,
+        grouping=grouping, group_mode=mode,
     )  # fmt: skip
     return [c.req.rid for c in cands]
 
@@ -83,6 +83,18 @@ def test_a2_grouping_puts_binding_group_first_unless_urgent() -> None:
     assert order(view, binding=25.0, grouping=False) == ["loose_urgent", "loose_first", "tight", "no_tbt"]
     # No running binding SLO: the least-slack waiting request's SLO (200, of loose_urgent) defines the group.
     assert order(view, binding=None)[:2] == ["loose_urgent", "loose_first"]
+
+
+def test_a2_grouping_tighter_mode_defers_only_tighter_requests() -> None:
+    now = 1.0
+    waiting = (
+        w("tighter", 0.8, 100, ttft=3000, tbt=10),  # least slack, but 10 < 25 / 1.5: it would shrink the budget
+        w("loose", 0.9, 100, ttft=3000, tbt=200),  # looser: rides along, not deferred in this mode
+        w("tight", 0.95, 100, ttft=3000, tbt=30),
+    )
+    view = SchedulerView(now, waiting, (), PoolView(100_000, 100_000))
+    assert order(view, binding=25.0, mode="tighter") == ["loose", "tight", "tighter"]
+    assert order(view, binding=25.0, mode="both") == ["tight", "tighter", "loose"]
 
 
 def test_a3_alignment_prefers_abundant_resource() -> None:

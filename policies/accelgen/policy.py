@@ -126,6 +126,7 @@ class AccelGenPolicy(Policy):
             starve_s=cfg.starve_s,
             grouping=cfg.slo_priority,
             sec_per_token=sec_per_token if cfg.slo_priority and cfg.slack_pruning else 0.0,
+            group_mode=cfg.slo_group_mode,
         )
         if not cfg.slo_priority:  # A2 off: first come, first served (chunked request still first)
             cands.sort(key=lambda c: (c.tier != 0, c.req.arrival_s))

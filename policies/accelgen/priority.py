@@ -27,12 +27,19 @@ Similar-SLO grouping (within tier 2 only). A batch runs at the pace of its tight
 batched by TBT SLO class. The *binding* SLO ``B`` is the tightest (feasible, see A1's best-effort class) TBT SLO
 among the running requests, or — when no running request has one — the TBT SLO of the least-slack waiting
 request. A waiting request is *in the group* when its TBT SLO ``s`` satisfies ``B / r <= s <= B * r``
-(``r = slo_group_ratio``); requests outside it, tighter or looser, and requests without a (feasible) TBT SLO get
-``group_penalty = 1`` and are considered only after the group — so a loose request does not take a tight batch's
-budget ahead of the tight requests it was sized for, and a tight request does not drag a loose batch down to its
-budget while it still has time. Exception: an *urgent* request (``slack < urgent_slack_frac * ttft_slo``) has
-penalty 0 — grouping may delay a request, never make it miss its TTFT SLO. Without any TBT SLO in sight
-(``B`` undefined) all penalties are 0 and the order is plain least slack first.
+(``r = slo_group_ratio``). Which out-of-group requests get ``group_penalty = 1`` (considered only after the group)
+is ``slo_group_mode``:
+
+* ``tighter`` (default): requests with ``s < B / r`` — admitting one would drag the whole batch down to its
+  smaller budget while it still has time to wait for a tight batch to form;
+* ``both``: also requests with ``s > B * r`` and requests without a (feasible) TBT SLO — so a loose request does
+  not take a tight batch's budget ahead of the tight requests it was sized for.
+
+Measured (docs/results/accelgen): penalising the looser requests too cost 1-9% goodput on every profile/workload
+tried (their prefill then waits for a tight batch to drain, and their TTFT suffers), so ``tighter`` is the
+default. Exception in both modes: an *urgent* request (``slack < urgent_slack_frac * ttft_slo``) has penalty 0 —
+grouping may delay a request, never make it miss its TTFT SLO. Without any TBT SLO in sight (``B`` undefined) all
+penalties are 0 and the order is plain least slack first.
 """
 
 from __future__ import annotations
@@ -84,6 +91,13 @@ def in_group(tbt_ms: float | None, binding_ms: float | None, ratio: float) -> bo
     return tbt_ms is not None and binding_ms / ratio <= tbt_ms <= binding_ms * ratio
 
 
+def deferred_by_group(tbt_ms: float | None, binding_ms: float, ratio: float, mode: str) -> bool:
+    """Whether grouping defers a (non-urgent) request: ``mode`` is ``tighter`` or ``both`` (module docstring)."""
+    if mode == "tighter":
+        return tbt_ms is not None and tbt_ms < binding_ms / ratio
+    return not in_group(tbt_ms, binding_ms, ratio)
+
+
 def order_waiting(
     view: SchedulerView,
     latency: LatencyModel,
@@ -95,6 +109,7 @@ def order_waiting(
     starve_s: float,
     grouping: bool = True,
     sec_per_token: float = 0.0,
+    group_mode: str = "tighter",
 ) -> tuple[list[Candidate], float | None]:
     """Waiting requests in A2 order, and the binding SLO used for grouping. ``binding_ms``: the running
     requests' tightest feasible TBT SLO (None: none binds, the waiting queue's least-slack request sets it).
@@ -129,7 +144,7 @@ def order_waiting(
             binding_ms = _least_slack_tbt(out)
         if binding_ms is not None:
             for c in out:
-                if c.tier == TIER_FEASIBLE and not in_group(c.tbt_ms, binding_ms, group_ratio):
+                if c.tier == TIER_FEASIBLE and deferred_by_group(c.tbt_ms, binding_ms, group_ratio, group_mode):
                     ttft = c.req.slo.ttft_ms
                     urgent = ttft is not None and c.slack_s < urgent_slack_frac * ttft / 1e3
                     c.penalty = 0 if urgent else 1
