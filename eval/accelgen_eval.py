@@ -98,6 +98,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "A1 off (fixed budget = pivot_tokens)": {"dynamic_chunk": False},
     "A2 off (FCFS)": {"slo_priority": False},
     "A2 without SLO grouping": {"slo_group_ratio": 1e9},
+    "A2 grouping also defers looser SLOs (mode both)": {"slo_group_mode": "both"},
     "A2 without slack pruning": {"slack_pruning": False},
     "A3 off (strict order)": {"multi_resource": False},
 }
