@@ -160,3 +160,19 @@ def test_swap_falls_back_to_recompute_without_host_memory():
     sim = Simulator(Swapper(LAT), LAT, pool_tokens=80, host_tokens=0, check_invariants=True)
     res = sim.run([spec("a", 0, 20, 30), spec("b", 0, 20, 30)])
     assert all(r.ok for r in res.records) and sim.stats.swaps_out == 0 and sim.stats.swap_fallbacks >= 1
+
+
+class Observer(Spy):
+    def __init__(self, latency, **options):
+        super().__init__(latency, **options)
+        self.observed: list = []
+
+    def observe_iteration(self, shape, seconds):
+        self.observed.append((shape, seconds))
+
+
+def test_iterations_are_reported_to_policies_that_observe_them():
+    pol = Observer(LAT)
+    Simulator(pol, LAT, pool_tokens=1000).run([spec("a", 0, 10, 3)])
+    assert [s for _, s in pol.observed] == [LAT.iteration_s(sh) for sh, _ in pol.observed]
+    assert pol.observed[0][0] == BatchShape(prefill=((10, 0),)) and len(pol.observed) == 3

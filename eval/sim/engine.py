@@ -88,6 +88,8 @@ class Simulator(KVOps):
         self.max_iterations = max_iterations
         self.prefix_cache = prefix_cache  # False: SGLang's --disable-radix-cache (no prefix reuse at all)
         self.oracle = bool(getattr(policy, "needs_oracle", False))
+        hook = getattr(type(policy), "observe_iteration", Policy.observe_iteration)
+        self._observe = policy.observe_iteration if hook is not Policy.observe_iteration else None
         self._wview = rq.oracle_waiting_view if self.oracle else rq.waiting_view
         self._rview = rq.oracle_running_view if self.oracle else rq.running_view
         self.waiting: dict[str, SimRequest] = {}
@@ -173,7 +175,10 @@ class Simulator(KVOps):
         if not (prefills or decoders or resumed or plan.preempt or extra_s):
             return False
         shape = BatchShape(tuple((n, b) for _, n, b in prefills), tuple(r.kv_used for r in decoders))
-        dt = (self.latency.iteration_s(shape) if (prefills or decoders) else 0.0) + extra_s
+        forward_s = self.latency.iteration_s(shape) if (prefills or decoders) else 0.0
+        if self._observe is not None and forward_s > 0:
+            self._observe(shape, forward_s)  # the "measured" iteration (A1's online refit learns the true profile)
+        dt = forward_s + extra_s
         self._zero_dt = self._zero_dt + 1 if dt <= 0 else 0
         if self._zero_dt > 10_000:
             raise SimulationStalled(f"policy {self.policy.name!r}: 10,000 iterations without simulated time passing")
