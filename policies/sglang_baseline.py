@@ -25,6 +25,12 @@ that prefix is evictable (unreferenced), which over-pins when a running request 
 host's queue order each pass (SGLang sorts its queue in place, so ties can keep an older order) and does not
 model the in-batch-prefix deprioritisation; ``max_running_requests`` (request slots) is an option, unbounded
 by default; the overlap scheduler's one-step lag is not modelled.
+
+State across iterations lives here: the ratio (its per-decode decay is applied at the next ``plan``, since the
+host runs the decode between two plans; ``choose_victims`` replaces it) and ``batch_is_full`` (cleared by
+``on_finish`` / a retraction / an empty batch). ``tests/test_sglang_faithful.py`` replays request scripts
+through SGLang's real classes on CPU (page 1 and 16, radix cache off and on) and checks identical prefill batches,
+chunk sizes and retractions.
 """
 
 from __future__ import annotations
