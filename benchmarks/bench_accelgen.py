@@ -17,6 +17,7 @@ import numpy as np
 from eval.profiles import get
 from policies.accelgen.chunk import ChunkSizer
 from policies.base import create
+from policies.latency import BatchShape
 from policies.views import SLO, PoolView, RunningView, SchedulerView, WaitingView
 
 
@@ -62,7 +63,9 @@ def main() -> None:
 
         generic = ChunkSizer(_Generic(prof), 32, 8192)
         med, p99 = _time(a1, args.reps)
-        gmed, gp99 = _time(lambda ctx=ctx, g=generic, limit=limit: g.budget(limit, ctx, 0), args.reps)
+        # The fallback search, with a limit that leaves room for a chunk (so it searches rather than gives up).
+        room = max(limit, 1.5 * prof.iteration_s(BatchShape(decode_ctx=ctx)))
+        gmed, gp99 = _time(lambda ctx=ctx, g=generic, room=room: g.budget(room, ctx, 0), args.reps)
         pmed, pp99 = _time(lambda pol=pol, view=view: pol.plan(view), max(args.reps // 4, 50))
         print(
             f"running={n_run:4d} waiting={n_wait:4d}  A1 chunk decision {med:7.1f} / {p99:7.1f}"
