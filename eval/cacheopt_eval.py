@@ -6,7 +6,8 @@ profile's own KV pool, 16-token pages). Workloads ``azure-conv`` (Azure 2023 con
 ``sharegpt`` (ShareGPT length stats), Poisson arrivals, visible cap ``max_new_tokens = max(2 x true, 512)``
 (eval.workloads "auto"). Three SLO classes, equal shares, relative to each request's isolated latency (eval.slo):
 tight TTFT 5x / TBT 3x, medium 10x / 6x, loose 20x / 12x. Rates are multiples of a measured capacity: the
-completion rate of ``sglang`` when every request arrives at once, swept from light load to past saturation.
+completion rate of ``sglang`` when every request arrives at once (a throughput capacity: with relative TBT SLOs the
+SLO capacity is far lower, so the sweep is geometric from 2% to 110% of it).
 
 Length estimates (C1). The workloads carry no prompt text, so the text predictor cannot run on them. Each request
 gets an estimate drawn from a log-normal error model fitted to the committed predictor's held-out residuals
@@ -133,29 +134,38 @@ def max_rate(rates: list[float], att: list[float | None], target: float = 0.9) -
 
 
 def targets(entry: dict[str, Any]) -> dict[str, Any]:
+    """Per baseline B (sglang, the issue's reference; vllm and sarathi beside it): at the highest swept rate where B
+    still holds 90% SLO attainment, B's p99 stall / TTFT / TBT over each CacheOPT variant's, and the ratio of the
+    highest rates holding 90%. Also the same ratios at the heaviest swept rate (overload)."""
     rates, pols = entry["rates"], entry["policies"]
     mr = {k: max_rate(rates, [p["slo_attainment"] for p in v]) for k, v in pols.items()}
-    out: dict[str, Any] = {"max_rate_90": mr}
-    held = [i for i, p in enumerate(pols["sglang"]) if (p["slo_attainment"] or 0) >= 0.9]
-    if held:
-        i = held[-1]
-        out["at_rate"] = rates[i]
+    out: dict[str, Any] = {"max_rate_90": mr, "vs": {}}
+    for base_label in ("sglang", "vllm", "sarathi"):
+        held = [i for i, p in enumerate(pols[base_label]) if (p["slo_attainment"] or 0) >= 0.9]
+        t: dict[str, Any] = {}
+        for where, i in (("at_90", held[-1] if held else None), ("overload", len(rates) - 1)):
+            if i is None:
+                continue
+            t[where] = {"rate": rates[i]}
+            for lab in ("cacheopt", "cacheopt-mixed"):
+                b, c = pols[base_label][i], pols[lab][i]
+                t[where][lab] = {f"{m}_p99_ratio": _ratio(b[f"{m}_p99_ms"], c[f"{m}_p99_ms"]) for m in
+                                 ("stall", "ttft", "tbt")}  # fmt: skip
         for lab in ("cacheopt", "cacheopt-mixed"):
-            s, c = pols["sglang"][i], pols[lab][i]
-            out[lab] = {
-                "stall_p99_ratio": s["stall_p99_ms"] / c["stall_p99_ms"] if c["stall_p99_ms"] else None,
-                "ttft_p99_ratio": s["ttft_p99_ms"] / c["ttft_p99_ms"] if c["ttft_p99_ms"] else None,
-                "tbt_p99_ratio": s["tbt_p99_ms"] / c["tbt_p99_ms"] if c["tbt_p99_ms"] else None,
-                "max_rate_ratio": mr[lab] / mr["sglang"] if mr.get(lab) and mr.get("sglang") else None,
-            }
+            t.setdefault("max_rate_ratio", {})[lab] = _ratio(mr.get(lab), mr.get(base_label))
+        out["vs"][base_label] = t
     return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
 
 
 def run(quick: bool, out_dir: Path) -> dict[str, Any]:
     sigma = predictor_sigma()
     profs = ("h100-llama2-13b",) if quick else ("h100-llama3-8b", "h100-llama2-13b", "a100-llama2-13b")
     wls = ("azure-conv",) if quick else ("azure-conv", "sharegpt")
-    loads = (0.3, 0.55, 0.8, 1.1) if quick else (0.2, 0.35, 0.5, 0.65, 0.8, 0.95, 1.1)
+    loads = (0.15, 0.3, 0.5, 0.8) if quick else (0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.45, 0.65, 0.9, 1.1)
     n = 500 if quick else 1000
     res: dict[str, Any] = {"quick": quick, "slo_spec": SLO_SPEC, "num_requests": n, "page_size": PAGE,
                            "predictor_sigma": sigma, "runs": {}}  # fmt: skip
@@ -177,12 +187,18 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
             entry["targets"] = targets(entry)
             res["runs"][key] = entry
     res["ablation"], res["sensitivity"] = studies(quick, sigma, res)
+    render(res, out_dir)
+    return res
+
+
+def render(res: dict[str, Any], out_dir: Path) -> None:
+    for e in res["runs"].values():
+        e["targets"] = targets(e)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sfx = "-quick" if quick else ""
+    sfx = "-quick" if res["quick"] else ""
     (out_dir / f"results{sfx}.json").write_text(json.dumps(res, indent=1) + "\n")
     plot(res, out_dir / f"cacheopt{sfx}.png")
     (out_dir / f"README{sfx}.md").write_text(markdown(res, f"cacheopt{sfx}.png"))
-    return res
 
 
 def studies(quick: bool, sigma: float, res: dict[str, Any]) -> tuple[dict, dict]:
@@ -192,7 +208,7 @@ def studies(quick: bool, sigma: float, res: dict[str, Any]) -> tuple[dict, dict]
     prof = profiles.get("h100-llama2-13b")
     slo = parse_slo(SLO_SPEC, prof)
     e = res["runs"][key]
-    at = e["targets"].get("at_rate", e["rates"][0])
+    at = e["targets"]["vs"]["sglang"].get("at_90", {"rate": e["rates"][0]})["rate"]
     nxt = e["rates"][min(e["rates"].index(at) + 1, len(e["rates"]) - 1)]
     rates = [nxt] if quick else [at, nxt]
     n = res["num_requests"]
@@ -288,15 +304,24 @@ def markdown(res: dict[str, Any], png: str) -> str:
                 )
         lines += ["", "Highest rate with >= 90% SLO attainment (req/s): "
                   + ", ".join(f"{k} {_f(v, 2)}" for k, v in t["max_rate_90"].items()), ""]  # fmt: skip
-        if "at_rate" in t:
-            lines.append(f"At {t['at_rate']:.2f} req/s (highest swept rate where sglang holds 90%), sglang / policy:")
-            for lab in ("cacheopt", "cacheopt-mixed"):
-                x = t[lab]
-                lines.append(f"- {lab}: p99 stall {_f(x['stall_p99_ratio'], 2)}x, "
-                             f"p99 TTFT {_f(x['ttft_p99_ratio'], 2)}x, p99 TBT {_f(x['tbt_p99_ratio'], 2)}x; "
-                             f"max-rate ratio {_f(x['max_rate_ratio'], 2)}x")  # fmt: skip
-        else:
-            lines.append("sglang never holds 90% SLO attainment on this sweep: the targets are not defined here.")
+        for base_label, t_b in t["vs"].items():
+            for where, label in (("at_90", f"highest swept rate where {base_label} holds 90%"),
+                                 ("overload", "heaviest swept rate")):  # fmt: skip
+                if where not in t_b:
+                    lines.append(f"- vs {base_label}: it never holds 90% on this sweep.")
+                    continue
+                x = t_b[where]
+                parts = "; ".join(
+                    f"{lab} stall {_f(x[lab]['stall_p99_ratio'], 2)}x, TTFT {_f(x[lab]['ttft_p99_ratio'], 2)}x, "
+                    f"TBT {_f(x[lab]['tbt_p99_ratio'], 2)}x"
+                    for lab in ("cacheopt", "cacheopt-mixed")
+                )
+                lines.append(
+                    f"- vs {base_label} at {x['rate']:.2f} req/s ({label}), {base_label}'s p99 over ours: {parts}"
+                )
+            mrr = t_b["max_rate_ratio"]
+            lines.append(f"- max rate at 90% over {base_label}'s: cacheopt {_f(mrr['cacheopt'], 2)}x, "
+                         f"cacheopt-mixed {_f(mrr['cacheopt-mixed'], 2)}x")  # fmt: skip
         lines.append("")
     abl = res["ablation"]
     lines += ["## Ablation (h100-llama2-13b / azure-conv)", "", "| variant | rate | SLO att. | p99 TTFT ms | "
@@ -321,9 +346,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one profile/workload, 500 requests, 4 rates (< 3 min)")
     ap.add_argument("--out", type=Path, default=Path("docs/results/cacheopt"))
+    ap.add_argument("--render", type=Path, default=None, help="re-derive targets, plot and tables from a results JSON")
     a = ap.parse_args()
     t0 = time.time()
-    run(a.quick, a.out)
+    if a.render:
+        render(json.loads(a.render.read_text()), a.out)
+    else:
+        run(a.quick, a.out)
     print(f"done in {time.time() - t0:.0f} s -> {a.out}")
 
 
