@@ -21,7 +21,6 @@ PREDICTOR_DATA = "data/prompts/alpacaeval_Mistral-7B-Instruct-v0.2.json"
 PREDICTOR_OTHER = ("data/prompts/alpacaeval_gpt4_0314.json", "data/prompts/alpacaeval_Qwen1.5-7B-Chat.json")
 FIDELITY_METRICS = ("ttft_p50_ms", "ttft_p99_ms", "tbt_p50_ms", "tbt_p99_ms", "stall_p99_ms", "e2e_p50_ms",
                     "e2e_p99_ms", "throughput_tok_s", "slo_attainment", "preemptions")  # fmt: skip
-CPU_PROFILE = "cpu-tiny-torch"
 
 
 def _predictor_eval(params: dict[str, Any]) -> dict[str, Any]:
@@ -87,21 +86,30 @@ def live_cpu(ctx: Context) -> dict[str, Any]:
             "stock_over_ext": ratios}  # fmt: skip
 
 
-@figure("simulator_fidelity", "the simulator (cpu-tiny-torch profile) vs the real CPU server on the same requests",
+@figure("simulator_fidelity", "the simulator (every CPU latency profile) vs the real CPU server on the same requests",
         P.fidelity_bars, group="live")  # fmt: skip
 def simulator_fidelity(ctx: Context) -> dict[str, Any]:
     r = ctx.runner.one(live_cell(ctx), "live CPU server")
     cfg = r["config"]
     kw = live.sim_specs_params(cfg)
-    cells = [
-        sim_cell("sglang", CPU_PROFILE, cfg["workload"], cfg["rate"], **kw),
-        sim_cell(cfg["policy"], CPU_PROFILE, cfg["workload"], cfg["rate"], **kw),
-    ]
-    stock_sim, ext_sim = ctx.runner.run(cells, "fidelity sims")
-    sides = {}
-    for side, real, sim in (("stock", r["stock"], stock_sim["summary"]), (cfg["policy"], r["ext"], ext_sim["summary"])):
-        sides[side] = {m: {"real": real.get(m), "sim": sim.get(m),
-                           "sim_over_real": sim[m] / real[m] if real.get(m) and sim.get(m) is not None else None}
-                       for m in FIDELITY_METRICS}  # fmt: skip
+    profs = cpu_profiles()
+    cells = [sim_cell(pol, p, cfg["workload"], cfg["rate"], **kw) for p in profs for pol in ("sglang", cfg["policy"])]
+    res = ctx.runner.run(cells, "fidelity sims")
+    sides: dict[str, Any] = {}
+    for i, prof in enumerate(profs):
+        pairs = (("stock", r["stock"], res[2 * i]["summary"]), (cfg["policy"], r["ext"], res[2 * i + 1]["summary"]))
+        for side, real, sim in pairs:
+            sides.setdefault(prof, {})[side] = {
+                m: {"real": real.get(m), "sim": sim.get(m),
+                    "sim_over_real": sim[m] / real[m] if real.get(m) and sim.get(m) is not None else None}
+                for m in FIDELITY_METRICS
+            }  # fmt: skip
     others = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs" / "results").glob("fidelity*"))
-    return {"title": live.title(cfg), "profile": CPU_PROFILE, "sides": sides, "other_fidelity_results": others}
+    return {"title": live.title(cfg), "profiles": profs, "sides": sides, "other_fidelity_results": others}
+
+
+def cpu_profiles() -> list[str]:
+    """Every fitted CPU profile (eval.profiles): each is checked against the same live run."""
+    from eval import profiles
+
+    return [p for p in profiles.available() if p.startswith("cpu")]

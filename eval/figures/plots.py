@@ -263,17 +263,12 @@ def live_bars(data: dict[str, Any], path: Path) -> None:
 
 
 def fidelity_bars(data: dict[str, Any], path: Path) -> None:
-    sides = data["sides"]
-    fig, axes = _grid(1, len(sides), w=6, h=4)
-    for ax, (side, m) in zip(axes[0], sides.items(), strict=True):
+    cols = [(prof, side, m) for prof, sides in data["sides"].items() for side, m in sides.items()]
+    fig, axes = _grid(1, len(cols), w=6, h=4)
+    for ax, (prof, side, m) in zip(axes[0], cols, strict=True):
         keys = [k for k in m if k.endswith("_ms")]
-        _bars(
-            ax,
-            [k.replace("_ms", "") for k in keys],
-            {"real server": [m[k]["real"] for k in keys], "simulator": [m[k]["sim"] for k in keys]},
-            f"{side}: real vs simulated ({data['profile']})",
-            log=True,
-        )
+        series = {"real server": [m[k]["real"] for k in keys], "simulator": [m[k]["sim"] for k in keys]}
+        _bars(ax, [k.replace("_ms", "") for k in keys], series, f"{side}: real vs simulated ({prof})", log=True)
         ax.legend(fontsize=7)
     fig.suptitle(data["title"], fontsize=8)
     _save(fig, path)

@@ -30,6 +30,8 @@ NOT_RUN = "not run"
 
 
 def _f(x: Any, nd: int = 2, suffix: str = "") -> str:
+    if isinstance(x, int) and not isinstance(x, bool):
+        return f"{x}{suffix}"
     return "-" if x is None else f"{x:.{nd}f}{suffix}"
 
 
@@ -267,14 +269,15 @@ def _live(d: dict[str, dict[str, Any]]) -> list[str]:
         ]
     if fi:
         rows = [
-            [side, m, _f(v["real"], 1), _f(v["sim"], 1), _f(v["sim_over_real"], 2)]
-            for side, ms in fi["sides"].items()
+            [prof, side, m, _f(v["real"], 1), _f(v["sim"], 1), _f(v["sim_over_real"], 2)]
+            for prof, sides in fi["sides"].items()
+            for side, ms in sides.items()
             for m, v in ms.items()
         ]
         out += [
-            f"### Simulator fidelity ({fi['profile']} profile vs the real server, same requests)",
+            f"### Simulator fidelity ({', '.join(fi['profiles'])} vs the real server, same requests)",
             "",
-            *_table(["side", "metric", "real", "simulated", "sim / real"], rows),
+            *_table(["profile", "side", "metric", "real", "simulated", "sim / real"], rows),
             "",
         ]
     return out
@@ -282,7 +285,7 @@ def _live(d: dict[str, dict[str, Any]]) -> list[str]:
 
 def render(out: Path, report: Path, figures: dict[str, Any], run: dict[str, Any]) -> str:
     """The report's markdown (images linked relative to ``report``)."""
-    d = load(out, list(figures))
+    d = load(out, run["figures"])  # only what this run wrote: an older JSON in `out` is never quoted
     rel: Callable[[str], str] = lambda n: os.path.relpath(out / f"{n}.png", report.parent)  # noqa: E731
     s = run["settings"]
     lines = [
