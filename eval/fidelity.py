@@ -42,11 +42,18 @@ from eval.sim import Simulator
 from eval.workloads import RequestSpec, load_workload
 from policies import base
 from policies.config import ExtConfig, SGLangBaselineConfig
-from policies.latency import BatchShape, LatencyModel
+from policies.latency import BatchShape, IterationLatencyModel, LatencyModel
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE_PREFERENCE = ("cpu-tiny", "cpu-tiny-torch")  # server-fitted first, then the bare-forward fit
 METRICS = ("ttft_p50_ms", "ttft_p99_ms", "tbt_p50_ms", "tbt_p99_ms", "throughput_tok_s", "e2e_p50_ms")
+VARIANTS = {
+    "sim": "Simulator with the latency profile as fitted",
+    "sim_overhead": "Simulator with the per-iteration constant raised to the lone decode step measured around the "
+    "runs (ms after the rate)",
+    "sim_scaled": "Simulator with every iteration scaled by lone decode step measured / predicted (x after the rate)",
+}
+LONE_SHAPE = BatchShape((), (16 + 24,))  # the contention probe's decode step: 16-token prompt, mid-way through 48
 # a policy name on the real side -> the policy the simulator runs ('none' is stock SGLang = the sglang baseline)
 SIM_POLICY = {"none": "sglang"}
 
@@ -194,6 +201,15 @@ class ScaledLatency:
         return self.factor * self.base.prefill_s(tokens, context_before)
 
 
+def with_overhead(profile: profiles.Profile, lone_ms: float) -> IterationLatencyModel:
+    """The profile with its per-iteration constant raised so that a lone decode step takes ``lone_ms``: the
+    server's per-iteration overhead (Python scheduler, overlap thread, detokenizer and HTTP streaming, and the
+    machine's contention on them) that a bare-forward profile lacks, added where it occurs: once per iteration."""
+    lat = profile.latency
+    extra = lone_ms / 1e3 - lat.iteration_s(LONE_SHAPE)
+    return replace(lat, c0_s=lat.c0_s + max(extra, 0.0))
+
+
 def lone_decode_ms(base_url: str, new_tokens: int = 48, prompt_len: int = 16) -> float:
     """Median per-token gap of one stream decoding alone: the server's decode-1 step as the machine runs it now."""
     rng = np.random.default_rng(11)
@@ -210,7 +226,7 @@ def lone_decode_ms(base_url: str, new_tokens: int = 48, prompt_len: int = 16) ->
 def contention_factor(base_url: str, profile: profiles.Profile) -> tuple[float, float]:
     """(measured lone decode step ms, measured / the profile's prediction for that step)."""
     ms = lone_decode_ms(base_url)
-    pred = profile.iteration_s(BatchShape((), (16 + 24,))) * 1e3
+    pred = profile.iteration_s(LONE_SHAPE) * 1e3
     return ms, ms / pred
 
 
@@ -245,7 +261,7 @@ def run_policy(policy: str, cfg: FidelityRun, profile: profiles.Profile, out: Pa
         print(f"[fidelity] {policy}: server up in {srv.startup_s:.0f} s; {settings}", file=sys.stderr, flush=True)
         for rate in cfg.rates:
             specs = cfg.specs(rate)
-            reals, factors = [], []
+            reals, factors, lone = [], [], []
             for rep in range(cfg.repeats):
                 ms0, k0 = contention_factor(srv.base_url, profile)
                 la0, t0 = os.getloadavg()[0], time.monotonic()
@@ -254,6 +270,7 @@ def run_policy(policy: str, cfg: FidelityRun, profile: profiles.Profile, out: Pa
                 wall, la1 = time.monotonic() - t0, os.getloadavg()[0]
                 ms1, k1 = contention_factor(srv.base_url, profile)
                 factors += [k0, k1]
+                lone += [ms0, ms1]
                 summary |= {"loadavg_before": la0, "loadavg_after": la1, "wall_s": wall,
                             "lone_decode_ms": [ms0, ms1], "contention": [k0, k1]}  # fmt: skip
                 reals.append(_short(summary))
@@ -266,7 +283,9 @@ def run_policy(policy: str, cfg: FidelityRun, profile: profiles.Profile, out: Pa
                 )
             k = float(np.median(factors))
             sims: dict[str, Any] = {}
-            for name, lat in (("sim", profile), ("sim_scaled", ScaledLatency(profile, k))):
+            variants = (("sim", profile), ("sim_overhead", with_overhead(profile, float(np.median(lone)))),
+                        ("sim_scaled", ScaledLatency(profile, k)))  # fmt: skip
+            for name, lat in variants:
                 t0 = time.monotonic()
                 sim = simulate(policy, specs, lat, settings)
                 sims[name] = _short(sim.summary) | {"wall_s": time.monotonic() - t0, "iterations": sim.stats.iterations}
@@ -275,7 +294,7 @@ def run_policy(policy: str, cfg: FidelityRun, profile: profiles.Profile, out: Pa
                     f"[fidelity] {policy} @ {rate:g} req/s {name}: {_brief(sim.summary)}", file=sys.stderr, flush=True
                 )
             res["rates"][f"{rate:g}"] = {
-                "real": reals, **sims, "contention_factor": k,
+                "real": reals, **sims, "contention_factor": k, "lone_decode_ms": float(np.median(lone)),
                 "compare": {name: compare(reals, sims[name]) for name in sims},
             }  # fmt: skip
     return res
@@ -312,7 +331,9 @@ def table(doc: dict[str, Any], which: str = "sim") -> str:
     for p in doc["policies"]:
         for rate, r in p["rates"].items():
             c = r["compare"][which]
-            cells = [p["policy"], rate if which == "sim" else f"{rate} (x{r['contention_factor']:.2f})"]
+            note = {"sim": "", "sim_overhead": f" ({r['lone_decode_ms']:.0f} ms)",
+                    "sim_scaled": f" (x{r['contention_factor']:.1f})"}[which]  # fmt: skip
+            cells = [p["policy"], f"{rate}{note}"]
             for m in ("ttft_p50_ms", "ttft_p99_ms", "tbt_p50_ms", "tbt_p99_ms", "throughput_tok_s"):
                 x = c[m]
                 cells.append(f"{_num(x['real'])} ({_pct(x['real_spread'])[1:]}) / {_num(x['sim'])} / "
