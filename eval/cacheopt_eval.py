@@ -110,8 +110,9 @@ def variants(quick: bool) -> list[tuple[str, str, CacheOptConfig | None]]:
     return out
 
 
-def run_point(prof, wl: str, n: int, rate: float, slo, label_cfgs, sigma, alpha=0.95, beta=0.001, seed=0):
-    specs = load_workload(wl, num_requests=n, rate=rate, seed=seed, slo=slo)
+def run_point(prof, wl: str, n: int, rate: float, slo, label_cfgs, sigma, alpha=0.95, beta=0.001, seed=0,
+              max_new: int | str = "auto"):  # fmt: skip
+    specs = load_workload(wl, num_requests=n, rate=rate, seed=seed, slo=slo, max_new_tokens=max_new)
     conf = adapt_confidence(alpha, beta, rate)
     out = {}
     for label, name, co in label_cfgs:
@@ -161,32 +162,49 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def run(quick: bool, out_dir: Path) -> dict[str, Any]:
+def scenarios(quick: bool) -> list[tuple[str, str, int | str]]:
+    """(profile, workload, max_new_tokens policy). The last one repeats a KV-bound pair with the fixed cap many
+    clients send (4096): the visible cap then says nothing about the true length."""
+    if quick:
+        return [("h100-llama2-13b", "azure-conv", "auto")]
+    out = [(p, w, "auto") for p in ("h100-llama3-8b", "h100-llama2-13b", "a100-llama2-13b")
+           for w in ("azure-conv", "sharegpt")]  # fmt: skip
+    return [*out, ("h100-llama2-13b", "azure-conv", 4096)]
+
+
+def scenario_key(pname: str, wl: str, max_new: int | str) -> str:
+    return f"{pname}/{wl}" if max_new == "auto" else f"{pname}/{wl}/max_new={max_new}"
+
+
+def run(quick: bool, out_dir: Path, only: list[str] | None = None, merge: Path | None = None) -> dict[str, Any]:
+    """Sweep every scenario (``only``: just those keys, merged into the results JSON ``merge``), then the studies
+    (unless ``only`` is given), and render."""
     sigma = predictor_sigma()
-    profs = ("h100-llama2-13b",) if quick else ("h100-llama3-8b", "h100-llama2-13b", "a100-llama2-13b")
-    wls = ("azure-conv",) if quick else ("azure-conv", "sharegpt")
     loads = (0.15, 0.3, 0.5, 0.8) if quick else (0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.45, 0.65, 0.9, 1.1)
     n = 500 if quick else 1000
     res: dict[str, Any] = {"quick": quick, "slo_spec": SLO_SPEC, "num_requests": n, "page_size": PAGE,
                            "predictor_sigma": sigma, "runs": {}}  # fmt: skip
-    for pname in profs:
+    if merge is not None:
+        res = json.loads(merge.read_text())
+    for pname, wl, max_new in scenarios(quick):
+        key = scenario_key(pname, wl, max_new)
+        if only and key not in only:
+            continue
         prof = profiles.get(pname)
         slo = parse_slo(SLO_SPEC, prof)
-        for wl in wls:
-            cap = capacity_rps(prof, wl, n, slo)
-            key = f"{pname}/{wl}"
-            entry: dict[str, Any] = {"capacity_rps": cap, "rates": [], "policies": {}}
-            for load in loads:
-                rate = round(cap * load, 3)
-                entry["rates"].append(rate)
-                for label, r in run_point(prof, wl, n, rate, slo, variants(quick), sigma).items():
-                    entry["policies"].setdefault(label, []).append(r)
-                    print(f"{key} rate={rate:.2f} {label:15s} slo={r['slo_attainment']:.3f} "
-                          f"ttft99={r['ttft_p99_ms']:.0f} stall99={r['stall_p99_ms']:.0f} "
-                          f"pre={r['preemptions']} ({r['wall_s']}s)", flush=True)  # fmt: skip
-            entry["targets"] = targets(entry)
-            res["runs"][key] = entry
-    res["ablation"], res["sensitivity"] = studies(quick, sigma, res)
+        cap = capacity_rps(prof, wl, n, slo)
+        entry: dict[str, Any] = {"capacity_rps": cap, "max_new_tokens": max_new, "rates": [], "policies": {}}
+        for load in loads:
+            rate = round(cap * load, 3)
+            entry["rates"].append(rate)
+            for label, r in run_point(prof, wl, n, rate, slo, variants(quick), sigma, max_new=max_new).items():
+                entry["policies"].setdefault(label, []).append(r)
+                print(f"{key} rate={rate:.2f} {label:15s} slo={r['slo_attainment']:.3f} "
+                      f"ttft99={r['ttft_p99_ms']:.0f} stall99={r['stall_p99_ms']:.0f} "
+                      f"pre={r['preemptions']} ({r['wall_s']}s)", flush=True)  # fmt: skip
+        res["runs"][key] = entry
+    if not only:
+        res["ablation"], res["sensitivity"] = studies(quick, sigma, res)
     render(res, out_dir)
     return res
 
@@ -347,12 +365,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one profile/workload, 500 requests, 4 rates (< 3 min)")
     ap.add_argument("--out", type=Path, default=Path("docs/results/cacheopt"))
     ap.add_argument("--render", type=Path, default=None, help="re-derive targets, plot and tables from a results JSON")
+    ap.add_argument("--only", action="append", default=None, help="run just this scenario key (repeatable)")
+    ap.add_argument("--merge", type=Path, default=None, help="add the --only scenarios to this results JSON")
     a = ap.parse_args()
     t0 = time.time()
     if a.render:
         render(json.loads(a.render.read_text()), a.out)
     else:
-        run(a.quick, a.out)
+        run(a.quick, a.out, a.only, a.merge)
     print(f"done in {time.time() - t0:.0f} s -> {a.out}")
 
 
