@@ -135,7 +135,7 @@ def serve_in_thread(fake: Fake) -> Iterator[str]:
 def serve_in_subprocess(fake: Fake) -> Iterator[str]:
     port = _free_port()
     code = (f"from tests.test_loadgen import Fake, make_app; from aiohttp import web; "
-            f"web.run_app(make_app(Fake(**{json.dumps({'model_dir': fake.model_dir, 'die_at': fake.die_at})})), "
+            f"web.run_app(make_app(Fake(model_dir={fake.model_dir!r}, die_at={fake.die_at!r})), "
             f"host='127.0.0.1', port={port}, print=None)")  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
     try:
@@ -143,6 +143,7 @@ def serve_in_subprocess(fake: Fake) -> Iterator[str]:
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
+            assert proc.poll() is None, "the fake server exited during start-up"
             time.sleep(0.05)
         yield f"http://127.0.0.1:{port}"
     finally:
