@@ -247,6 +247,8 @@ async def _read_stream(run: _Run, resp: aiohttp.ClientResponse, rec: RequestReco
             if "error" in msg:
                 err = msg["error"]
                 rec.error = f"server error: {err.get('message', err) if isinstance(err, dict) else err}"
+                if "--enable-custom-logit-processor" in rec.error:  # every cap-mode request would fail alike
+                    run.abort("the server needs --enable-custom-logit-processor for cap mode (or use mode exact)")
                 return
             now, meta = run.now(), msg.get("meta_info", {})
             ct = int(meta.get("completion_tokens", done))
@@ -279,8 +281,7 @@ async def _run(base: str, specs: list[RequestSpec], cfg: LoadOptions) -> tuple[l
             async with session.post(base + "/flush_cache", timeout=aiohttp.ClientTimeout(total=30)) as r:
                 if r.status != 200:
                     raise LoadgenError(f"/flush_cache refused: {' '.join((await r.text()).split())}")
-        needs_ids = any(s.prompt_text is None for s in specs)
-        vocab = cfg.vocab_size or (await _vocab_size(run) if needs_ids else 0)
+        vocab = cfg.vocab_size or (await _vocab_size(run) if any(s.prompt_text is None for s in specs) else 0)
         forcer = forcer_ref() if cfg.mode == "cap" else None
         tag = uuid.uuid4().hex[:8]
         bodies = [

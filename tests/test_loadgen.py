@@ -37,6 +37,7 @@ class Fake:
     metrics: bool = True
     die_at: int | None = None  # os._exit when this many /generate requests have arrived (subprocess only)
     hang: bool = False
+    no_processor: bool = False  # started without --enable-custom-logit-processor
     bodies: list[dict[str, Any]] = field(default_factory=list)
     flushed: int = 0
     served: int = 0
@@ -77,6 +78,12 @@ def make_app(fake: Fake) -> web.Application:
         n = sp["custom_params"]["target_len"] if "custom_logit_processor" in body else sp["max_new_tokens"]
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
+        if fake.no_processor and "custom_logit_processor" in body:
+            msg = (
+                "The server is not configured ... Please set `--enable-custom-logit-processor` to enable this feature."
+            )
+            await resp.write(b"data: " + json.dumps({"error": {"message": msg}}).encode() + b"\n\ndata: [DONE]\n\n")
+            return resp
         if body["rid"].endswith("-slowstart"):
             await asyncio.sleep(1.5)  # a long queue before the first token
         done, prompt = 0, len(body.get("input_ids") or body.get("text", "").split())
@@ -236,6 +243,14 @@ def test_stall_bound_starts_at_the_first_token(fake: Fake) -> None:
     assert records[0].ok and records[0].ttft_s > 1.4  # queueing is not a stall
     assert records[1].error is not None and records[1].error.startswith("timeout (no token for 1.0 s")
     assert records[2].ok and summary["aborted"] is None  # the server still answers: only that request failed
+
+
+def test_cap_mode_without_processor_flag_stops_at_once(fake: Fake) -> None:
+    fake.no_processor = True
+    with serve_in_thread(fake) as url:
+        _, summary = run_load(url, _specs(20, rate=10.0), progress=False, abort_grace_s=0.5)
+    assert summary["completed"] == 0 and "--enable-custom-logit-processor" in summary["aborted"]
+    assert len(fake.bodies) < 20  # the rest were never sent
 
 
 def test_unreachable_server_fails_at_once() -> None:
