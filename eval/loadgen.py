@@ -267,9 +267,8 @@ async def _read_stream(run: _Run, resp: aiohttp.ClientResponse, rec: RequestReco
 
 
 async def _run(base: str, specs: list[RequestSpec], cfg: LoadOptions) -> tuple[list[RequestRecord], dict[str, Any]]:
-    conn = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(connect=cfg.connect_timeout_s, sock_connect=cfg.connect_timeout_s)
-    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
         run = _Run(base, session, time.perf_counter())
         try:
             status, _ = await _get(run, "/health", cfg.connect_timeout_s)
