@@ -35,6 +35,7 @@ import httpx
 import numpy as np
 
 from eval import profiles
+from eval.fidelity_report import compare, iteration_stats, render
 from eval.loadgen import run_load
 from eval.metrics import RequestRecord, write_records
 from eval.server import ServerProcess, cpu_server_args
@@ -46,13 +47,7 @@ from policies.latency import BatchShape, IterationLatencyModel, LatencyModel
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE_PREFERENCE = ("cpu-tiny", "cpu-tiny-torch")  # server-fitted first, then the bare-forward fit
-METRICS = ("ttft_p50_ms", "ttft_p99_ms", "tbt_p50_ms", "tbt_p99_ms", "throughput_tok_s", "e2e_p50_ms")
-VARIANTS = {
-    "sim": "Simulator with the latency profile as fitted",
-    "sim_overhead": "Simulator with the per-iteration constant raised to the lone decode step measured around the "
-    "runs (ms after the rate)",
-    "sim_scaled": "Simulator with every iteration scaled by lone decode step measured / predicted (x after the rate)",
-}
+REAL_EVENT_TOL_S = 0.003  # a real iteration's tokens reach the client within this (the detokenizer sends a batch)
 LONE_SHAPE = BatchShape((), (16 + 24,))  # the contention probe's decode step: 16-token prompt, mid-way through 48
 # a policy name on the real side -> the policy the simulator runs ('none' is stock SGLang = the sglang baseline)
 SIM_POLICY = {"none": "sglang"}
@@ -155,26 +150,6 @@ def simulate(policy: str, specs: list[RequestSpec], profile: LatencyModel, s: Se
     return sim.run(specs)
 
 
-def relerr(sim: float | None, real: float | None) -> float | None:
-    if sim is None or real is None or real == 0:
-        return None
-    return (sim - real) / real
-
-
-def compare(reals: list[dict[str, Any]], sim: dict[str, Any]) -> dict[str, Any]:
-    """Per metric: real mean, real spread over repeats, sim, signed relative error; preemptions real vs sim."""
-    row: dict[str, Any] = {}
-    for m in METRICS:
-        vals = [r[m] for r in reals if r.get(m) is not None]
-        mean = float(np.mean(vals)) if vals else None
-        spread = float((max(vals) - min(vals)) / mean) if vals and mean else None
-        row[m] = {"real": mean, "real_runs": vals, "real_spread": spread, "sim": sim.get(m),
-                  "rel_err": relerr(sim.get(m), mean)}  # fmt: skip
-    row["preemptions"] = {"real_runs": [r.get("preemptions") for r in reals], "sim": sim.get("preemptions")}
-    row["completed"] = {"real_runs": [r.get("completed") for r in reals], "sim": sim.get("completed")}
-    return row
-
-
 def _short(summary: dict[str, Any]) -> dict[str, Any]:
     keep = ("submitted", "completed", "failed", "duration_s", "throughput_tok_s", "preemptions", "client_max_lag_ms",
             "length_mismatches", "errors", "aborted", "loadavg_before", "loadavg_after", "wall_s", "lone_decode_ms",
@@ -273,7 +248,7 @@ def run_policy(policy: str, cfg: FidelityRun, profile: profiles.Profile, out: Pa
                 lone += [ms0, ms1]
                 summary |= {"loadavg_before": la0, "loadavg_after": la1, "wall_s": wall,
                             "lone_decode_ms": [ms0, ms1], "contention": [k0, k1]}  # fmt: skip
-                reals.append(_short(summary))
+                reals.append(_short(summary) | {"iterations": iteration_stats(records, REAL_EVENT_TOL_S)})
                 _dump(cfg, f"real_{policy}_r{rate:g}_{rep}", records)
                 print(
                     f"[fidelity] {policy} @ {rate:g} req/s real #{rep}: {_brief(summary)}; lone decode "
@@ -288,7 +263,9 @@ def run_policy(policy: str, cfg: FidelityRun, profile: profiles.Profile, out: Pa
             for name, lat in variants:
                 t0 = time.monotonic()
                 sim = simulate(policy, specs, lat, settings)
-                sims[name] = _short(sim.summary) | {"wall_s": time.monotonic() - t0, "iterations": sim.stats.iterations}
+                extra = {"wall_s": time.monotonic() - t0, "sim_iterations": sim.stats.iterations,
+                         "iterations": iteration_stats(sim.records)}  # fmt: skip
+                sims[name] = _short(sim.summary) | extra
                 _dump(cfg, f"{name}_{policy}_r{rate:g}", sim.records)
                 print(
                     f"[fidelity] {policy} @ {rate:g} req/s {name}: {_brief(sim.summary)}", file=sys.stderr, flush=True
@@ -310,37 +287,6 @@ def _brief(s: dict[str, Any]) -> str:
     return (f"{s['completed']}/{s['submitted']} done, TTFT p50/p99 {s['ttft_p50_ms']:.0f}/{s['ttft_p99_ms']:.0f} ms, "
             f"TBT p50/p99 {s['tbt_p50_ms']:.1f}/{s['tbt_p99_ms']:.1f} ms, {s['throughput_tok_s']:.0f} tok/s, "
             f"preemptions {s['preemptions']}")  # fmt: skip
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x * 100:+.0f}%"
-
-
-def _num(x: float | None) -> str:
-    return "-" if x is None else (f"{x:.1f}" if abs(x) < 100 else f"{x:.0f}")
-
-
-def table(doc: dict[str, Any], which: str = "sim") -> str:
-    """One row per policy and rate: real (mean over repeats, spread) vs sim per metric, preemptions, throughput.
-    ``which``: ``sim`` (the profile as fitted) or ``sim_scaled`` (scaled by the measured contention)."""
-    head = ["policy", "rate"]
-    for m in ("ttft_p50_ms", "ttft_p99_ms", "tbt_p50_ms", "tbt_p99_ms"):
-        head.append(f"{m.removesuffix('_ms').replace('_', ' ')} ms real (spread) / sim / err")
-    head += ["throughput tok/s real / sim / err", "preemptions real / sim"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for p in doc["policies"]:
-        for rate, r in p["rates"].items():
-            c = r["compare"][which]
-            note = {"sim": "", "sim_overhead": f" ({r['lone_decode_ms']:.0f} ms)",
-                    "sim_scaled": f" (x{r['contention_factor']:.1f})"}[which]  # fmt: skip
-            cells = [p["policy"], f"{rate}{note}"]
-            for m in ("ttft_p50_ms", "ttft_p99_ms", "tbt_p50_ms", "tbt_p99_ms", "throughput_tok_s"):
-                x = c[m]
-                cells.append(f"{_num(x['real'])} ({_pct(x['real_spread'])[1:]}) / {_num(x['sim'])} / "
-                             f"**{_pct(x['rel_err'])}**")  # fmt: skip
-            cells.append(f"{', '.join(str(v) for v in c['preemptions']['real_runs'])} / {c['preemptions']['sim']}")
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def run(cfg: FidelityRun, out: Path) -> dict[str, Any]:
@@ -402,15 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(a.out)
     doc = run(cfg, out)
-    md = (
-        f"### Simulator with the profile as fitted\n\n{table(doc)}\n\n### Simulator with every iteration scaled by "
-        f"the contention measured around the runs (x factor after the rate)\n\n{table(doc, 'sim_scaled')}"
-    )
-    title = (f"Fidelity: {cfg.workload} x{cfg.num_requests} (lengths /{cfg.scale:g}), Poisson, seed {cfg.seed}, "
-             f"KV pool {cfg.pool_tokens} tokens, {cfg.repeats} real repeat(s); profile {doc['profile']['name']}; "
-             f"{doc['date']}")  # fmt: skip
-    (out / "fidelity.md").write_text(f"{title}\n\n{md}\n")
-    print(f"\n{title}\n\n{md}\n")
+    md = render(doc, Path(cfg.requests_dir) if cfg.requests_dir else None)
+    (out / "fidelity.md").write_text(md)
+    print(md)
     return 0
 
 

@@ -12,6 +12,8 @@ import dataclasses
 import pytest
 
 from eval import fidelity as fd
+from eval import fidelity_report as fr
+from eval.metrics import RequestRecord
 from eval.profiles import Profile
 from eval.workloads import RequestSpec
 from policies.latency import BatchShape, IterationLatencyModel
@@ -67,13 +69,13 @@ def test_larger_pool_means_fewer_preemptions() -> None:
 
 def test_compare_signed_error_and_spread() -> None:
     reals = [{"ttft_p50_ms": 100.0, "preemptions": 1, "completed": 5}, {"ttft_p50_ms": 300.0, "preemptions": 3}]
-    row = fd.compare(reals, {"ttft_p50_ms": 150.0, "preemptions": 2, "completed": 5})
+    row = fr.compare(reals, {"ttft_p50_ms": 150.0, "preemptions": 2, "completed": 5})
     t = row["ttft_p50_ms"]
     assert t["real"] == 200.0 and t["real_spread"] == pytest.approx(1.0)
     assert t["rel_err"] == pytest.approx(-0.25)
     assert row["preemptions"] == {"real_runs": [1, 3], "sim": 2}
     assert row["tbt_p99_ms"]["rel_err"] is None  # missing on both sides: no number invented
-    assert fd.relerr(1.0, 0.0) is None
+    assert fr.relerr(1.0, 0.0) is None
 
 
 def test_overhead_variant_matches_the_lone_step_and_adds_once_per_iteration() -> None:
@@ -93,13 +95,13 @@ def test_scaled_variant_scales_every_iteration() -> None:
 def test_table_has_one_row_per_policy_and_rate() -> None:
     reals = [{"ttft_p50_ms": 100.0, "tbt_p50_ms": 10.0, "throughput_tok_s": 50.0, "preemptions": 0}]
     sim = {"ttft_p50_ms": 90.0, "tbt_p50_ms": 12.0, "throughput_tok_s": 50.0, "preemptions": 1}
-    rate = {"compare": {v: fd.compare(reals, sim) for v in fd.VARIANTS}, "contention_factor": 2.0,
+    rate = {"compare": {v: fr.compare(reals, sim) for v in fr.VARIANTS}, "contention_factor": 2.0,
             "lone_decode_ms": 9.0}  # fmt: skip
     doc = {
         "policies": [{"policy": "sglang", "rates": {"1": rate, "2": rate}}, {"policy": "vllm", "rates": {"1": rate}}]
     }
-    for which in fd.VARIANTS:
-        md = fd.table(doc, which)
+    for which in fr.VARIANTS:
+        md = fr.table(doc, which)
         rows = [ln for ln in md.splitlines() if ln.startswith("| sglang") or ln.startswith("| vllm")]
         assert len(rows) == 3
     assert "**-10%**" in md and "**+20%**" in md and "0 / 1" in md
@@ -117,3 +119,28 @@ def test_quick_config_is_reduced() -> None:
     full = fd.config_from_args(fd.build_parser().parse_args([]))
     assert q.num_requests < full.num_requests and q.repeats == 1 and len(q.rates) == 1
     assert dataclasses.replace(q, rates=(1.0, 2.0)).specs(2.0)[0].prompt_len == q.specs(1.0)[0].prompt_len
+
+
+def test_iteration_stats_count_clusters_of_token_times() -> None:
+    a = RequestRecord("a", 0.0, 10, 8, 3, token_times_s=[0.010, 0.020, 0.030])
+    b = RequestRecord("b", 0.0, 10, 8, 3, token_times_s=[0.0101, 0.0201, 5.0])  # 5 s: after an idle gap
+    it = fr.iteration_stats([a, b], tol_s=0.001)
+    assert it["events"] == 4 and it["tokens_per_event"] == pytest.approx(1.5)
+    assert it["gap_p50_ms"] == pytest.approx(10.0, rel=0.02)  # the idle gap is not an iteration
+    exact = fr.iteration_stats([a, b])
+    assert exact["events"] == 6
+
+
+def test_render_reports_every_variant_and_the_iteration_table() -> None:
+    res = fd.simulate("sglang", specs(), PROFILE, fd.server_settings(INFO))
+    sim = fd._short(res.summary) | {"iterations": fr.iteration_stats(res.records)}
+    real = sim | {"loadavg_before": 1.0, "loadavg_after": 2.0}
+    rate = {"real": [real], **{v: sim for v in fr.VARIANTS}, "contention_factor": 1.0, "lone_decode_ms": 2.0,
+            "compare": {v: fr.compare([real], sim) for v in fr.VARIANTS}}  # fmt: skip
+    cfg = fd.FidelityRun(policies=("sglang",), num_requests=40, repeats=1)
+    doc = {"date": "today", "config": dataclasses.asdict(cfg), "profile": {"name": "test", "source": "unit"},
+           "policies": [{"policy": "sglang", "settings": dataclasses.asdict(fd.server_settings(INFO)),
+                         "rates": {"1": rate}}]}  # fmt: skip
+    md = fr.render(doc)
+    assert md.count("**+0%**") == 5 * len(fr.VARIANTS)  # sim == real: zero error on every metric, every table
+    assert "radix cache off, mixed chunk on" in md and "| sglang | 1 | real #0 |" in md
