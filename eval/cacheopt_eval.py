@@ -176,7 +176,8 @@ def scenario_key(pname: str, wl: str, max_new: int | str) -> str:
     return f"{pname}/{wl}" if max_new == "auto" else f"{pname}/{wl}/max_new={max_new}"
 
 
-def run(quick: bool, out_dir: Path, only: list[str] | None = None, merge: Path | None = None) -> dict[str, Any]:
+def run(quick: bool, out_dir: Path, only: list[str] | None = None, merge: Path | None = None,
+        studies_too: bool = False) -> dict[str, Any]:  # fmt: skip
     """Sweep every scenario (``only``: just those keys, merged into the results JSON ``merge``), then the studies
     (unless ``only`` is given), and render."""
     sigma = predictor_sigma()
@@ -203,7 +204,7 @@ def run(quick: bool, out_dir: Path, only: list[str] | None = None, merge: Path |
                       f"ttft99={r['ttft_p99_ms']:.0f} stall99={r['stall_p99_ms']:.0f} "
                       f"pre={r['preemptions']} ({r['wall_s']}s)", flush=True)  # fmt: skip
         res["runs"][key] = entry
-    if not only:
+    if not only or studies_too:
         res["ablation"], res["sensitivity"] = studies(quick, sigma, res)
     render(res, out_dir)
     return res
@@ -220,28 +221,27 @@ def render(res: dict[str, Any], out_dir: Path) -> None:
 
 
 def studies(quick: bool, sigma: float, res: dict[str, Any]) -> tuple[dict, dict]:
-    """Ablation (drop one component) and sensitivity on h100-llama2-13b / azure-conv, at the rates around where
-    ``sglang`` stops holding 90% attainment."""
-    key = "h100-llama2-13b/azure-conv"
+    """Ablation (drop one component) and sensitivity on h100-llama2-13b / azure-conv where the KV pool binds
+    (65% and 90% of the measured capacity; with the ``auto`` cap and with the fixed 4096 cap). At light load no
+    component changes any decision, so studying there shows nothing."""
     prof = profiles.get("h100-llama2-13b")
     slo = parse_slo(SLO_SPEC, prof)
-    e = res["runs"][key]
-    at = e["targets"]["vs"]["sglang"].get("at_90", {"rate": e["rates"][0]})["rate"]
-    nxt = e["rates"][min(e["rates"].index(at) + 1, len(e["rates"]) - 1)]
-    rates = [nxt] if quick else [at, nxt]
+    cap = res["runs"]["h100-llama2-13b/azure-conv"]["capacity_rps"]
     n = res["num_requests"]
-    abl = {"rates": rates, "rows": {}}
+    pts = [("auto", 0.65)] if quick else [("auto", 0.65), ("auto", 0.9), (4096, 0.65)]
+    abl: dict[str, Any] = {"points": [{"max_new": m, "rate": round(cap * x, 3)} for m, x in pts], "rows": {}}
     cfgs = [("all", "cacheopt", CacheOptConfig())] + [
         (f"-{c}", "cacheopt", replace(CacheOptConfig(), **{c: False})) for c in ABLATIONS
     ]
     cfgs.append(("-reuse (host scope)", "cacheopt", CacheOptConfig(reuse_scope="host")))
-    for rate in rates:
-        for label, r in run_point(prof, "azure-conv", n, rate, slo, cfgs, sigma).items():
+    cfgs.append(("+mixed chunk", "cacheopt", CacheOptConfig(mixed_chunk=True)))
+    for p in abl["points"]:
+        for label, r in run_point(prof, "azure-conv", n, p["rate"], slo, cfgs, sigma, max_new=p["max_new"]).items():
             abl["rows"].setdefault(label, []).append(r)
-            print(f"ablation rate={rate:.2f} {label:20s} slo={r['slo_attainment']:.3f} ttft99={r['ttft_p99_ms']:.0f} "
+            print(f"ablation {p} {label:20s} slo={r['slo_attainment']:.3f} ttft99={r['ttft_p99_ms']:.0f} "
                   f"stall99={r['stall_p99_ms']:.0f} pre={r['preemptions']}", flush=True)  # fmt: skip
-    rate = rates[-1]
-    sens: dict[str, Any] = {"rate": rate, "rows": []}
+    max_new, rate = (pts[-1][0], round(cap * pts[-1][1], 3))
+    sens: dict[str, Any] = {"rate": rate, "max_new": max_new, "rows": []}
     one = [("cacheopt", "cacheopt", CacheOptConfig())]
     grid: list[tuple[str, Any, dict]] = [("sigma", s, {"sigma": s}) for s in ((None, 0.2, 1.0) if quick else
                                                                             (None, 0.0, 0.2, 0.4, 1.0))]  # fmt: skip
@@ -249,13 +249,14 @@ def studies(quick: bool, sigma: float, res: dict[str, Any]) -> tuple[dict, dict]
         grid += [("alpha", a, {"alpha": a}) for a in (0.5, 0.8, 0.99)]
         grid += [("beta", b, {"beta": b}) for b in (0.0, 0.05, 0.5)]
     for name, value, kw in grid:
-        r = run_point(prof, "azure-conv", n, rate, slo, one, kw.pop("sigma", sigma), **kw)["cacheopt"]
+        sig = kw.pop("sigma", sigma)
+        r = run_point(prof, "azure-conv", n, rate, slo, one, sig, max_new=max_new, **kw)["cacheopt"]
         sens["rows"].append({"param": name, "value": value, **r})
     knobs = [("reserve_tokens", (0, 256, 2048)), ("topup_horizon", (0, 8, 32))]
     for field, values in knobs[:1] if quick else knobs:
         for v in values:
             co = [("cacheopt", "cacheopt", replace(CacheOptConfig(), **{field: v}))]
-            r = run_point(prof, "azure-conv", n, rate, slo, co, sigma)["cacheopt"]
+            r = run_point(prof, "azure-conv", n, rate, slo, co, sigma, max_new=max_new)["cacheopt"]
             sens["rows"].append({"param": field, "value": v, **r})
     for row in sens["rows"]:
         print(
@@ -342,16 +343,19 @@ def markdown(res: dict[str, Any], png: str) -> str:
                          f"cacheopt-mixed {_f(mrr['cacheopt-mixed'], 2)}x")  # fmt: skip
         lines.append("")
     abl = res["ablation"]
-    lines += ["## Ablation (h100-llama2-13b / azure-conv)", "", "| variant | rate | SLO att. | p99 TTFT ms | "
-              "p99 stall ms | preempt. | reuse | top-ups | reserve draws |", "|" + "---|" * 9]  # fmt: skip
+    lines += ["## Ablation (h100-llama2-13b / azure-conv)", "", "| variant | max_new | rate | SLO att. | p99 TTFT ms | "
+              "p99 stall ms | p99 TBT ms | preempt. | swaps | reuse | top-ups | reserve draws |",
+              "|" + "---|" * 12]  # fmt: skip
     for label, rows in abl["rows"].items():
-        for rate, r in zip(abl["rates"], rows, strict=True):
+        for p, r in zip(abl["points"], rows, strict=True):
             d = r.get("decisions", {})
-            lines.append(f"| {label} | {rate:.2f} | {_f(r['slo_attainment'], 3)} | {_f(r['ttft_p99_ms'])} | "
-                         f"{_f(r['stall_p99_ms'])} | {r['preemptions']} | {_f(d.get('reuse'))} | "
-                         f"{_f(d.get('topups'))} | {_f(d.get('reserve_draws'))} |")  # fmt: skip
+            lines.append(f"| {label} | {p['max_new']} | {p['rate']:.2f} | {_f(r['slo_attainment'], 3)} | "
+                         f"{_f(r['ttft_p99_ms'])} | {_f(r['stall_p99_ms'])} | {_f(r['tbt_p99_ms'])} | "
+                         f"{r['preemptions']} | {r.get('swaps', '-')} | {_f(d.get('reuse'))} | {_f(d.get('topups'))} | "
+                         f"{_f(d.get('reserve_draws'))} |")  # fmt: skip
     sens = res["sensitivity"]
-    lines += ["", f"## Sensitivity (h100-llama2-13b / azure-conv, {sens['rate']:.2f} req/s)", "",
+    lines += ["", f"## Sensitivity (h100-llama2-13b / azure-conv, max_new {sens.get('max_new', 'auto')}, "
+              f"{sens['rate']:.2f} req/s)", "",
               "| parameter | value | SLO att. | p99 TTFT ms | p99 stall ms | preempt. |", "|" + "---|" * 6]  # fmt: skip
     for r in sens["rows"]:
         val = "no predictor" if r["param"] == "sigma" and r["value"] is None else r["value"]
@@ -367,12 +371,13 @@ def main() -> None:
     ap.add_argument("--render", type=Path, default=None, help="re-derive targets, plot and tables from a results JSON")
     ap.add_argument("--only", action="append", default=None, help="run just this scenario key (repeatable)")
     ap.add_argument("--merge", type=Path, default=None, help="add the --only scenarios to this results JSON")
+    ap.add_argument("--studies", action="store_true", help="with --only: rerun the ablation and sensitivity too")
     a = ap.parse_args()
     t0 = time.time()
     if a.render:
         render(json.loads(a.render.read_text()), a.out)
     else:
-        run(a.quick, a.out, a.only, a.merge)
+        run(a.quick, a.out, a.only, a.merge, a.studies)
     print(f"done in {time.time() - t0:.0f} s -> {a.out}")
 
 
