@@ -32,7 +32,7 @@ LOWER_IS_BETTER = ("failed", "_ms", "preemptions")
 
 def demo_workload(args: argparse.Namespace) -> list[RequestSpec]:
     specs = load_workload("azure-conv", num_requests=args.num_requests, rate=args.rate, seed=args.seed,
-                          scale=args.scale, max_context=2048)  # fmt: skip
+                          scale=args.scale, max_context=min(2048, args.pool_tokens // 2))  # fmt: skip
     return [dataclasses.replace(s, ttft_slo_ms=args.ttft_slo_ms, tbt_slo_ms=args.tbt_slo_ms) for s in specs]
 
 
