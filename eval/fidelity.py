@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 
 from eval import profiles
-from eval.fidelity_report import compare, iteration_stats, render
+from eval.fidelity_report import compare, iteration_stats, render, tpot
 from eval.loadgen import run_load
 from eval.metrics import RequestRecord, write_records
 from eval.server import ServerProcess, cpu_server_args
@@ -58,8 +58,8 @@ class FidelityRun:
     """What one fidelity measurement replays."""
 
     policies: tuple[str, ...] = ("sglang", "vllm")
-    rates: tuple[float, ...] = (3.0, 5.0)
-    num_requests: int = 200
+    rates: tuple[float, ...] = (2.0, 5.0)
+    num_requests: int = 150
     repeats: int = 2
     pool_tokens: int = 2048
     seed: int = 0
@@ -186,16 +186,19 @@ def with_overhead(profile: profiles.Profile, lone_ms: float) -> IterationLatency
 
 
 def lone_decode_ms(base_url: str, new_tokens: int = 48, prompt_len: int = 16) -> float:
-    """Median per-token gap of one stream decoding alone: the server's decode-1 step as the machine runs it now."""
+    """Mean per-token time of one stream decoding alone, from its second token to its last: the server's decode-1
+    step as the machine runs it now. Not a median of gaps: a lagging client reads several buffered events at once
+    (gaps of ~0), so only the span over the token count is robust."""
     rng = np.random.default_rng(11)
     body = {"input_ids": rng.integers(16, 2000, prompt_len).tolist(), "stream": True,
             "sampling_params": {"max_new_tokens": new_tokens, "ignore_eos": True, "temperature": 0.0}}  # fmt: skip
-    times: list[float] = []
+    events: list[tuple[float, int]] = []
     with httpx.Client(base_url=base_url, timeout=120.0) as c, c.stream("POST", "/generate", json=body) as r:
         for line in r.iter_lines():
             if line.startswith("data:") and line[5:].strip() != "[DONE]":
-                times.append(time.perf_counter())
-    return float(np.median(np.diff(times[1:])) * 1e3)
+                events.append((time.perf_counter(), int(json.loads(line[5:])["meta_info"]["completion_tokens"])))
+    (t0, k0), (t1, k1) = events[0], events[-1]
+    return (t1 - t0) / max(k1 - k0, 1) * 1e3
 
 
 def contention_factor(base_url: str, profile: profiles.Profile) -> tuple[float, float]:
@@ -248,7 +251,9 @@ def run_policy(policy: str, cfg: FidelityRun, profile: profiles.Profile, out: Pa
                 lone += [ms0, ms1]
                 summary |= {"loadavg_before": la0, "loadavg_after": la1, "wall_s": wall,
                             "lone_decode_ms": [ms0, ms1], "contention": [k0, k1]}  # fmt: skip
-                reals.append(_short(summary) | {"iterations": iteration_stats(records, REAL_EVENT_TOL_S)})
+                reals.append(
+                    _short(summary) | tpot(records) | {"iterations": iteration_stats(records, REAL_EVENT_TOL_S)}
+                )
                 _dump(cfg, f"real_{policy}_r{rate:g}_{rep}", records)
                 print(
                     f"[fidelity] {policy} @ {rate:g} req/s real #{rep}: {_brief(summary)}; lone decode "
@@ -265,7 +270,7 @@ def run_policy(policy: str, cfg: FidelityRun, profile: profiles.Profile, out: Pa
                 sim = simulate(policy, specs, lat, settings)
                 extra = {"wall_s": time.monotonic() - t0, "sim_iterations": sim.stats.iterations,
                          "iterations": iteration_stats(sim.records)}  # fmt: skip
-                sims[name] = _short(sim.summary) | extra
+                sims[name] = _short(sim.summary) | tpot(sim.records) | extra
                 _dump(cfg, f"{name}_{policy}_r{rate:g}", sim.records)
                 print(
                     f"[fidelity] {policy} @ {rate:g} req/s {name}: {_brief(sim.summary)}", file=sys.stderr, flush=True

@@ -21,7 +21,9 @@ import numpy as np
 
 from eval.metrics import RequestRecord
 
-METRICS = ("ttft_p50_ms", "ttft_p99_ms", "tbt_p50_ms", "tbt_p99_ms", "throughput_tok_s", "e2e_p50_ms")
+METRICS = ("ttft_p50_ms", "ttft_p99_ms", "tbt_p50_ms", "tbt_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "throughput_tok_s",
+           "e2e_p50_ms")  # fmt: skip
+TABLE_METRICS = ("ttft_p50_ms", "ttft_p99_ms", "tbt_p50_ms", "tbt_p99_ms", "tpot_p50_ms", "tpot_p99_ms")
 VARIANTS = {
     "sim": "Simulator with the latency profile as fitted",
     "sim_overhead": "Simulator with the profile's per-iteration constant raised so that a lone decode step takes "
@@ -50,6 +52,19 @@ def compare(reals: list[dict[str, Any]], sim: dict[str, Any]) -> dict[str, Any]:
     row["preemptions"] = {"real_runs": [r.get("preemptions") for r in reals], "sim": sim.get("preemptions")}
     row["completed"] = {"real_runs": [r.get("completed") for r in reals], "sim": sim.get("completed")}
     return row
+
+
+def tpot(records: Iterable[RequestRecord]) -> dict[str, float | None]:
+    """Per-request mean time per output token after the first, (last - first) / (n - 1), p50/p99 over requests.
+    A diagnostic beside the schema's pooled TBT: a client that lags reads several tokens in one chunk (gaps of 0
+    on the real side only), which moves pooled TBT percentiles but not a request's span."""
+    vals = [
+        (r.token_times_s[-1] - r.token_times_s[0]) / (r.output_len - 1) for r in records if r.ok and r.output_len > 1
+    ]
+    if not vals:
+        return {"tpot_p50_ms": None, "tpot_p99_ms": None}
+    p50, p99 = np.percentile(np.asarray(vals) * 1e3, (50, 99))
+    return {"tpot_p50_ms": float(p50), "tpot_p99_ms": float(p99)}
 
 
 def iteration_stats(records: Iterable[RequestRecord], tol_s: float = 1e-9) -> dict[str, float | int]:
@@ -82,7 +97,7 @@ def table(doc: dict[str, Any], which: str = "sim") -> str:
     """One row per policy and rate: real (mean over repeats, spread) vs sim per metric, preemptions, throughput.
     ``which``: a key of :data:`VARIANTS`."""
     head = ["policy", "rate req/s"]
-    for m in ("ttft_p50_ms", "ttft_p99_ms", "tbt_p50_ms", "tbt_p99_ms"):
+    for m in TABLE_METRICS:
         head.append(f"{m.removesuffix('_ms').replace('_', ' ')} ms: real (spread) / sim / err")
     head += ["throughput tok/s: real (spread) / sim / err", "preemptions: real runs / sim"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -92,7 +107,7 @@ def table(doc: dict[str, Any], which: str = "sim") -> str:
             note = {"sim_overhead": f" ({r.get('lone_decode_ms', 0):.0f} ms)",
                     "sim_scaled": f" (x{r.get('contention_factor', 0):.0f})"}.get(which, "")  # fmt: skip
             cells = [p["policy"], f"{rate}{note}"]
-            for m in ("ttft_p50_ms", "ttft_p99_ms", "tbt_p50_ms", "tbt_p99_ms", "throughput_tok_s"):
+            for m in (*TABLE_METRICS, "throughput_tok_s"):
                 x = c[m]
                 cells.append(f"{_num(x['real'])} ({_pct(x['real_spread'])[1:]}) / {_num(x['sim'])} / "
                              f"**{_pct(x['rel_err'])}**")  # fmt: skip
@@ -122,7 +137,10 @@ def render(doc: dict[str, Any], requests_dir: Path | None = None) -> str:
     """The whole markdown report. Iteration statistics missing from an older JSON are filled in from
     ``requests_dir`` (per-request JSON lines) when it is given."""
     if requests_dir is not None:
-        _fill_iterations(doc, requests_dir)
+        _fill_from_requests(doc, requests_dir)
+    for p in doc["policies"]:  # recomputed, so that a re-render picks up metrics added since the run
+        for r in p["rates"].values():
+            r["compare"] = {v: compare(r["real"], r[v]) for v in VARIANTS if v in r}
     cfg = doc["config"]
     out = [
         f"# Simulator fidelity: real tiny SGLang CPU server vs simulator ({doc['date']})",
@@ -149,20 +167,24 @@ def render(doc: dict[str, Any], requests_dir: Path | None = None) -> str:
     return "\n".join(out)
 
 
-def _fill_iterations(doc: dict[str, Any], requests_dir: Path) -> None:
+def _fill_from_requests(doc: dict[str, Any], requests_dir: Path) -> None:
     from eval.metrics import read_records
 
     for p in doc["policies"]:
         for rate, r in p["rates"].items():
-            for i, x in enumerate(r["real"]):
-                f = requests_dir / f"real_{p['policy']}_r{rate}_{i}.jsonl"
-                if not isinstance(x.get("iterations"), dict) and f.exists():
-                    x["iterations"] = iteration_stats(read_records(f), 0.003)
-            for v in VARIANTS:
-                f = requests_dir / f"{v}_{p['policy']}_r{rate}.jsonl"
-                if v in r and not isinstance(r[v].get("iterations"), dict) and f.exists():
-                    r[v]["sim_iterations"] = r[v].get("iterations")
-                    r[v]["iterations"] = iteration_stats(read_records(f))
+            files = [(x, f"real_{p['policy']}_r{rate}_{i}", 0.003) for i, x in enumerate(r["real"])]
+            files += [(r[v], f"{v}_{p['policy']}_r{rate}", 1e-9) for v in VARIANTS if v in r]
+            for x, name, tol in files:
+                f = requests_dir / f"{name}.jsonl"
+                if not f.exists():
+                    continue
+                recs = read_records(f)
+                if not isinstance(x.get("iterations"), dict):
+                    if "iterations" in x:
+                        x["sim_iterations"] = x["iterations"]
+                    x["iterations"] = iteration_stats(recs, tol)
+                if x.get("tpot_p50_ms") is None:
+                    x |= tpot(recs)
 
 
 def main(argv: list[str] | None = None) -> int:
