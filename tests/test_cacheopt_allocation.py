@@ -41,8 +41,17 @@ def test_physical_pool_bounds_admission_even_when_accounting_allows() -> None:
 def test_prompt_larger_than_pool_is_a_permanent_reject() -> None:
     g = gate(reserve_tokens=64)
     g.begin(view(capacity=1000))
-    assert g.admit(waiting("a", prompt=990, bound=10), 500) is None
+    assert g.admit(waiting("a", prompt=1000, bound=10), 500) is None
     assert g.permanent_reject
+
+
+def test_reserve_does_not_block_a_request_that_fits_an_idle_pool() -> None:
+    """Prompt 990 fits the 1000-token pool but not pool - reserve: with nothing running it must still run."""
+    g = gate(reserve_tokens=64)
+    g.begin(view(capacity=1000))
+    a = g.admit(waiting("a", prompt=990, bound=10), 500)
+    assert a is not None and not g.permanent_reject
+    assert a.reserve_tokens <= 1000
 
 
 def test_demand_above_the_pool_is_capped_so_it_can_run_alone() -> None:
@@ -200,3 +209,23 @@ def test_host_scope_refuses_what_batch_scope_admits() -> None:
     g = CacheOptGate(config(reserve_tokens=0, reuse_scope="batch"), LAT)
     g.begin(view(run, capacity=930))
     assert g.admit(w, 60) is not None  # predicted peak with it: 6 * (101 + 10) + 61 + 10 = 737 <= 930
+
+
+def test_pinned_cached_prefix_counts_against_physical_room() -> None:
+    from policies.views import PoolView, SchedulerView
+
+    g = gate(reserve_tokens=0)
+    w = waiting("a", prompt=300, bound=10, cached_len=200)  # 200 tokens sit in the radix cache, evictable
+    v = SchedulerView(0.0, (w,), (), PoolView(1000, 100, evictable_tokens=200))  # available 300
+    g.begin(v)
+    assert g.admit(w, 100) is None  # 100 new + 1 decode + 200 pinned > 300 available
+    v = SchedulerView(0.0, (w,), (), PoolView(1000, 150, evictable_tokens=200))
+    g.begin(v)
+    assert g.admit(w, 100) is not None  # 301 <= 350
+
+
+def test_idle_pool_admits_a_request_the_reserve_would_block() -> None:
+    g = gate(reserve_tokens=300)
+    g.begin(view(capacity=1000))
+    a = g.admit(waiting("a", prompt=800, bound=100), 800)  # 900 > 1000 - 300, but nothing runs to overrun
+    assert a is not None and g.counters["reserve_left"] == 100

@@ -88,29 +88,21 @@ class Ledger:
 
     def scan(
         self, running: Sequence[RunningView], live: dict[str, RunningView], pending: frozenset[str], horizon: int
-    ) -> tuple[int, list[RunningView], int]:
+    ) -> tuple[int, list[RunningView], int, np.ndarray, np.ndarray]:
         """One pass over the running batch: the committed total (left side of the invariant, without the reserve),
-        the requests whose own room is below ``horizon`` tokens (C3 top-up candidates) and an upper bound on any
-        request's room (so a reuse lookup that cannot succeed costs nothing). A host's own room excludes what it
-        lent; a request mid-way through its chunked prefill (in ``pending``) counts its allocation."""
+        the requests whose own room is below ``horizon`` tokens (C3 top-up candidates), an upper bound on any
+        request's room (so a reuse lookup that cannot succeed costs nothing), and the per-request ``kv_used`` and
+        allocation arrays (the timeline reuses them). A host's own room excludes what it lent; a request mid-way
+        through its chunked prefill (in ``pending``) counts its allocation."""
         alloc = self.alloc
-        borrowed = self.borrowed
-        total = 0
-        max_room = 0
-        low: list[RunningView] = []
-        for r in running:
-            a = alloc.get(r.rid, r.kv_allocated)
-            u = r.kv_used
-            room = a - u
-            if room > 0:
-                total += a
-                if room > max_room:
-                    max_room = room
-            else:
-                total += u
-            if room < horizon:
-                low.append(r)
-        for host, lent in borrowed.items():
+        n = len(running)
+        used = np.fromiter((r.kv_used for r in running), np.int64, n)
+        allocs = np.fromiter((alloc.get(r.rid, r.kv_allocated) for r in running), np.int64, n)
+        room = allocs - used
+        total = int(np.maximum(allocs, used).sum())
+        max_room = int(room.max()) if n else 0
+        low: list[RunningView] = [running[i] for i in np.flatnonzero(room < horizon)]
+        for host, lent in self.borrowed.items():
             r = live[host]  # pairwise hosts only: batch guests have no host entry
             a = alloc.get(host, r.kv_allocated)
             u = r.kv_used
@@ -122,7 +114,7 @@ class Ledger:
         for rid in pending:
             if rid not in live:
                 total += alloc.get(rid, 0)
-        return total, low, max_room
+        return total, low, max(max_room, 0), used, allocs
 
     def host_room(self, r: RunningView) -> int:
         """Empty allocated tail a host still has for itself (after what it lent)."""

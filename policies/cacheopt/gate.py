@@ -30,7 +30,7 @@ from policies.cacheopt.demand import demand
 from policies.cacheopt.swap import choose_mode
 from policies.cacheopt.topup import plan_topups, reserve_left
 from policies.cacheopt.victim import cacheopt_order, pick_victims, sglang_order
-from policies.common import ceil_page, decode_need
+from policies.common import ceil_page
 from policies.config import CacheOptConfig
 from policies.latency import LatencyModel
 from policies.views import Admit, Preempt, PreemptMode, SchedulerView, WaitingView
@@ -51,10 +51,12 @@ class CacheOptGate:
         self._hosts: HostIndex | None = None
         self._timeline: Timeline | None = None
         self._live: dict = {}
+        self._arrays: tuple[np.ndarray, np.ndarray | None] = (np.zeros(0, np.int64), None)
         self._committed = 0
         self._reserve = 0
         self._capacity = 0
         self._physical = 0
+        self._evictable = 0
         self._page = 1
         self._max_room = 0
 
@@ -78,9 +80,10 @@ class CacheOptGate:
         pending = _prefilling(view, cfg.waiting_window)
         led.reconcile(live, pending)
         horizon = cfg.topup_horizon if cfg.topup else -1 << 62
-        committed, low, self._max_room = led.scan(running, live, pending, horizon)
+        committed, low, self._max_room, used, allocs = led.scan(running, live, pending, horizon)
         capacity = view.pool.capacity_tokens
-        reserve = reserve_left(led, self._reserve_size(view))
+        # Never more reserve than is uncommitted: a request admitted into an idle pool may have squeezed it (admit).
+        reserve = min(reserve_left(led, self._reserve_size(view)), max(capacity - committed, 0))
         unallocated = capacity - committed - reserve
         topups: list[tuple[str, int]] = []
         draws = 0
@@ -96,8 +99,11 @@ class CacheOptGate:
         self._committed = committed
         self._reserve = reserve
         self._capacity = capacity
-        self._page = view.pool.page_size
-        self._physical = view.pool.available_tokens - decode_need(running, self._page)
+        page = self._page = view.pool.page_size
+        decode = len(running) if page == 1 else page * int(np.count_nonzero(used % page == 0))  # common.decode_need
+        self._physical = view.pool.available_tokens - decode
+        self._evictable = view.pool.evictable_tokens
+        self._arrays = (used, None if topups else allocs)  # a top-up changed allocations: rebuild when needed
         self.counters = {
             "topups": float(len(topups)),
             "reserve_draws": float(draws),
@@ -119,16 +125,25 @@ class CacheOptGate:
             self._physical -= physical
             return Admit(req.rid, prefill_tokens, reserve_tokens=known, host_rid=_host_of(led, req.rid))
         d = demand(req, self.cfg.demand)
-        limit = self._capacity - self._reserve
-        if d.prompt + self._page > limit:
+        if d.prompt + self._page > self._capacity:
             self.permanent_reject = True  # its prompt alone can never fit: the host rejects it with a reason
             return None
+        # The global reserve exists for running requests that overrun their estimate (C3); with nothing running or
+        # committed there is nobody to overrun, so it must not keep a request that fits the pool waiting forever.
+        idle = self._committed == 0 and not self._live
+        limit = self._capacity - (0 if idle else self._reserve)
+        # Its cached prefix gets pinned at admission: those tokens stop being evictable (= available).
+        pin = min(req.cached_len, self._evictable) if not req.swapped_out else 0
+        physical += pin
         if physical > self._physical:
             return None
         need = min(d.total, limit)  # a demand larger than the pool is capped, so it is admitted when the pool empties
         host = None
         if self._committed + need <= limit and (not led.guest or self._timeline_ok(d.prompt, d.output, limit)):
             self._committed += need
+            if idle:  # the reserve shrinks to what this lone request leaves (committed + reserve <= capacity)
+                self._reserve = min(self._reserve, self._capacity - self._committed)
+                self.counters["reserve_left"] = float(self._reserve)
         elif not self.cfg.reuse:
             return None
         elif self.cfg.reuse_scope == "batch":
@@ -151,6 +166,7 @@ class CacheOptGate:
         led.output[req.rid] = d.output
         led.alloc[req.rid] = need
         self._physical -= physical
+        self._evictable -= pin
         self.counters["admits"] += 1
         self.counters["committed"] = float(self._committed)
         return Admit(req.rid, prefill_tokens, reserve_tokens=need, host_rid=host)
@@ -205,12 +221,14 @@ class CacheOptGate:
         page = self._page  # a partly filled last page per request
         running = self._view.running
         n = len(running)
-        used = np.fromiter((r.kv_used for r in running), np.int64, n)
-        room = np.fromiter((alloc.get(r.rid, r.kv_allocated) for r in running), np.int64, n) - used
+        used, allocs = self._arrays
+        if allocs is None:
+            allocs = np.fromiter((alloc.get(r.rid, r.kv_allocated) for r in running), np.int64, n)
+        room = allocs - used
         if lent:
             room -= np.fromiter((lent.get(r.rid, 0) for r in running), np.int64, n)
         ends = np.where(room > 0, room, extra)
-        used += page
+        used = used + page
         live = self._live
         more = [(a - led.output.get(rid, 0) + page, led.output.get(rid, 0)) for rid, a in alloc.items()
                 if rid not in live]  # fmt: skip
