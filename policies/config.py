@@ -83,7 +83,7 @@ class CacheOptConfig:
     pcie_gbps: float = opt(25.0, "C5: effective host<->device bandwidth, GB/s.")
     swap_block_tokens: int = opt(16, "C5: tokens per swapped KV block (one copy each way per block).")
     swap_block_overhead_us: float = opt(1.0, "C5: fixed cost per swapped block per direction, microseconds.")
-    waiting_window: int = opt(64, "C2: waiting requests considered per iteration (bounds plan() cost).")
+    waiting_window: int = opt(32, "C2: waiting requests considered per iteration (bounds plan() cost).")
     mixed_chunk: bool = opt(False, "Batching: decodes ride along with prefill chunks (off: SGLang's alternation).")
 
     def __post_init__(self) -> None:
