@@ -47,6 +47,7 @@ from policies.latency import BatchShape, IterationLatencyModel, LatencyModel
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE_PREFERENCE = ("cpu-tiny", "cpu-tiny-torch")  # server-fitted first, then the bare-forward fit
+WARMUP_REQUESTS = 24  # unmeasured, before the first run: a fresh server's first iterations of each shape are slow
 REAL_EVENT_TOL_S = 0.003  # a real iteration's tokens reach the client within this (the detokenizer sends a batch)
 LONE_SHAPE = BatchShape((), (16 + 24,))  # the contention probe's decode step: 16-token prompt, mid-way through 48
 # a policy name on the real side -> the policy the simulator runs ('none' is stock SGLang = the sglang baseline)
@@ -234,6 +235,8 @@ def run_policy(policy: str, cfg: FidelityRun, profile: profiles.Profile, out: Pa
     with ServerProcess(args, log_path=out / f"server_{policy}.log", startup_timeout_s=cfg.timeout_s) as srv:
         settings = server_settings(fetch_server_info(srv.base_url))
         res["settings"] = asdict(settings)
+        warm = [replace(x, arrival_s=0.05 * i) for i, x in enumerate(cfg.specs(1.0)[:WARMUP_REQUESTS])]
+        run_load(srv.base_url, warm, mode="cap", seed=cfg.seed + 1, progress=False, request_timeout_s=cfg.timeout_s)
         res["isolated_ttft_ms"] = isolated_ttft_ms(srv.base_url)
         res["sim_isolated_ttft_ms"] = profile.prefill_s(64) * 1e3
         print(f"[fidelity] {policy}: server up in {srv.startup_s:.0f} s; {settings}", file=sys.stderr, flush=True)
