@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 
 from eval import profiles
-from eval.fidelity_report import compare, iteration_stats, render, tpot
+from eval.fidelity_report import attach_server_log, compare, iteration_stats, render, tpot
 from eval.loadgen import run_load
 from eval.metrics import RequestRecord, write_records
 from eval.server import ServerProcess, cpu_server_args
@@ -282,6 +282,7 @@ def run_policy(policy: str, cfg: FidelityRun, profile: profiles.Profile, out: Pa
                 "real": reals, **sims, "contention_factor": k, "lone_decode_ms": float(np.median(lone)),
                 "compare": {name: compare(reals, sims[name]) for name in sims},
             }  # fmt: skip
+    attach_server_log(res, srv.log_text())
     return res
 
 

@@ -12,6 +12,7 @@ clusters of token times are iterations (on the real side within a few ms; in the
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -85,6 +86,37 @@ def iteration_stats(records: Iterable[RequestRecord], tol_s: float = 1e-9) -> di
     }
 
 
+_DECODE_LINE = re.compile(r"Decode batch, #running-req: (\d+), #token: (\d+),.*gen throughput \(token/s\): ([\d.]+), "
+                          r"#queue-req: (\d+)")  # fmt: skip
+
+
+def server_log_runs(log_text: str) -> list[dict[str, Any]]:
+    """The scheduler's own view of each run (the runs are separated by the ``/flush_cache`` each one starts with):
+    SGLang logs every 40 decode steps the running batch and the generation throughput since its last log, so
+    ``running / throughput`` is the mean decode iteration time, prefill iterations in between included. Only
+    lines with a non-empty queue count (the server was busy the whole interval, so no idle time is in it). Free
+    of the client's lag and of HTTP coalescing: where a latency error comes from the server's iterations."""
+    runs: list[dict[str, Any]] = []
+    cur: list[tuple[int, int, float, int]] | None = None
+    for line in log_text.splitlines():
+        if "Cache flushed successfully" in line:
+            cur = []
+            runs.append({"_rows": cur})
+        elif cur is not None and (m := _DECODE_LINE.search(line)):
+            cur.append((int(m[1]), int(m[2]), float(m[3]), int(m[4])))
+    for run in runs:
+        rows = run.pop("_rows")
+        busy = [(n, 1e3 * n / t) for n, _, t, q in rows if q > 0 and t > 0]
+        run |= {
+            "decode_logs": len(rows),
+            "busy_logs": len(busy),
+            "busy_running_p50": float(np.median([n for n, _ in busy])) if busy else None,
+            "busy_iteration_ms_p50": float(np.median([ms for _, ms in busy])) if busy else None,
+            "max_token_usage": max((k for _, k, _, _ in rows), default=0),
+        }
+    return runs
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x * 100:+.0f}%"
 
@@ -118,8 +150,9 @@ def table(doc: dict[str, Any], which: str = "sim") -> str:
 
 def iteration_table(doc: dict[str, Any]) -> str:
     """Iterations seen in token times: real runs vs each simulated variant."""
-    lines = ["| policy | rate | side | iterations | tokens / iteration | gap p50 ms | gap p90 ms | load avg |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| policy | rate | side | iterations | tokens / iteration | gap p50 ms | gap p90 ms | load avg | "
+             "server log: running p50 / decode iteration ms p50 while queued / max KV tokens |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for p in doc["policies"]:
         for rate, r in p["rates"].items():
             sides = [(f"real #{i}", x) for i, x in enumerate(r["real"])] + [(v, r[v]) for v in VARIANTS if v in r]
@@ -128,8 +161,11 @@ def iteration_table(doc: dict[str, Any]) -> str:
                 if not isinstance(it, dict):
                     continue
                 la = f"{x['loadavg_before']:.1f} -> {x['loadavg_after']:.1f}" if "loadavg_before" in x else ""
+                lg = x.get("server_log") or {}
+                srv = (f"{_num(lg.get('busy_running_p50'))} / {_num(lg.get('busy_iteration_ms_p50'))} / "
+                       f"{lg.get('max_token_usage', '-')}") if lg else ""  # fmt: skip
                 lines.append(f"| {p['policy']} | {rate} | {name} | {it['events']} | {it['tokens_per_event']:.2f} | "
-                             f"{it['gap_p50_ms']:.1f} | {it['gap_p90_ms']:.1f} | {la} |")  # fmt: skip
+                             f"{it['gap_p50_ms']:.1f} | {it['gap_p90_ms']:.1f} | {la} | {srv} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -167,10 +203,21 @@ def render(doc: dict[str, Any], requests_dir: Path | None = None) -> str:
     return "\n".join(out)
 
 
+def attach_server_log(policy_doc: dict[str, Any], log_text: str) -> None:
+    """Give each real run (in the order they ran) its stretch of the server log."""
+    runs = iter(server_log_runs(log_text))
+    for r in policy_doc["rates"].values():
+        for x in r["real"]:
+            x["server_log"] = next(runs, None)
+
+
 def _fill_from_requests(doc: dict[str, Any], requests_dir: Path) -> None:
     from eval.metrics import read_records
 
     for p in doc["policies"]:
+        log = requests_dir.parent / f"server_{p['policy']}.log"
+        if log.exists() and any("server_log" not in x for r in p["rates"].values() for x in r["real"]):
+            attach_server_log(p, log.read_text(errors="replace"))
         for rate, r in p["rates"].items():
             files = [(x, f"real_{p['policy']}_r{rate}_{i}", 0.003) for i, x in enumerate(r["real"])]
             files += [(r[v], f"{v}_{p['policy']}_r{rate}", 1e-9) for v in VARIANTS if v in r]

@@ -174,3 +174,20 @@ def test_reduced_fidelity_against_the_real_server(tmp_path) -> None:
     for m in ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tbt_p99_ms", "e2e_p50_ms"):
         assert c[m]["sim"] <= c[m]["real"], (m, c[m])
     assert c["preemptions"]["real_runs"][0] is not None  # the server's retraction counter was read
+
+
+def test_server_log_runs_split_at_flushes_and_time_busy_decodes() -> None:
+    line = "[t] Decode batch, #running-req: {}, #token: {}, token usage: 0.5, cpu graph: False, gen throughput (token/s): {}, #queue-req: {}"  # noqa: E501
+    log = "\n".join([
+        line.format(1, 10, 100.0, 0),  # warm-up, before any run: ignored
+        "[t] Cache flushed successfully!",
+        line.format(4, 900, 40.0, 3),  # busy: 4 / 40 tok/s = 100 ms per decode iteration
+        line.format(2, 300, 10.0, 0),  # queue empty: idle time may be inside, not timed
+        "[t] Cache flushed successfully!",
+        line.format(8, 1500, 400.0, 5),
+    ])  # fmt: skip
+    runs = fr.server_log_runs(log)
+    assert len(runs) == 2
+    assert runs[0]["busy_iteration_ms_p50"] == pytest.approx(100.0) and runs[0]["decode_logs"] == 2
+    assert runs[0]["max_token_usage"] == 900 and runs[1]["busy_running_p50"] == 8
+    assert runs[1]["busy_iteration_ms_p50"] == pytest.approx(20.0)
