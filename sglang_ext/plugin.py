@@ -44,7 +44,8 @@ def _around_from_cli_args(original: Any, cls: Any, args: Any, *rest: Any, **kwar
     server_args = original(cls, args, *rest, **kwargs)
     cfg = _mirror_sglang_flags(cfg, server_args)
     config.publish(cfg)
-    if cfg.policy in MIXED_CHUNK_POLICIES and not server_args.enable_mixed_chunk:
+    wants_mixed = cfg.policy in MIXED_CHUNK_POLICIES or (cfg.policy == "cacheopt" and cfg.cacheopt.mixed_chunk)
+    if wants_mixed and not server_args.enable_mixed_chunk:
         server_args.enable_mixed_chunk = True
         logger.info("sglang_ext: --ext-policy %s batches decodes with prefill chunks: mixed chunk on", cfg.policy)
     if cfg.enabled and cfg.predictor.mode == "service" and not cfg.predictor.endpoint:
