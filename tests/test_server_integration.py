@@ -119,9 +119,10 @@ def test_bad_per_request_slo_is_http_400(server: ServerProcess) -> None:
 
 def test_adapter_runs_in_scheduler_process_and_retraction_is_counted(server: ServerProcess) -> None:
     def one(i: int) -> dict:
-        # 200 + 200 tokens each in a 600-token pool: any two requests decoding together run out of KV, and
-        # with --schedule-conservativeness 0.1 SGLang admits the second while the first runs.
-        body = {"input_ids": list(range(100 + i, 300 + i)), "sampling_params": {"max_new_tokens": 200,
+        # Short prompts, long outputs: SGLang admits a new request when prompt + max_new_tokens fits beside the
+        # running ones charged at new_token_ratio (0.07 with --schedule-conservativeness 0.1), so ~10 start together
+        # and outgrow the 600-token pool.
+        body = {"input_ids": list(range(100 + i, 120 + i)), "sampling_params": {"max_new_tokens": 200,
                 "min_new_tokens": 200}}  # fmt: skip
         return httpx.post(server.base_url + "/generate", json=body, timeout=300).json()["meta_info"]
 
