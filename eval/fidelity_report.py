@@ -112,6 +112,7 @@ def server_log_runs(log_text: str) -> list[dict[str, Any]]:
             "busy_logs": len(busy),
             "busy_running_p50": float(np.median([n for n, _ in busy])) if busy else None,
             "busy_iteration_ms_p50": float(np.median([ms for _, ms in busy])) if busy else None,
+            "busy_iteration_ms_mean": float(np.mean([ms for _, ms in busy])) if busy else None,
             "max_token_usage": max((k for _, k, _, _ in rows), default=0),
         }
     return runs
@@ -151,7 +152,7 @@ def table(doc: dict[str, Any], which: str = "sim") -> str:
 def iteration_table(doc: dict[str, Any]) -> str:
     """Iterations seen in token times: real runs vs each simulated variant."""
     lines = ["| policy | rate | side | iterations | tokens / iteration | gap p50 ms | gap p90 ms | load avg | "
-             "server log: running p50 / decode iteration ms p50 while queued / max KV tokens |",
+             "server log while queued: running p50 / iteration ms p50 / mean / max KV tokens |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for p in doc["policies"]:
         for rate, r in p["rates"].items():
@@ -162,8 +163,8 @@ def iteration_table(doc: dict[str, Any]) -> str:
                     continue
                 la = f"{x['loadavg_before']:.1f} -> {x['loadavg_after']:.1f}" if "loadavg_before" in x else ""
                 lg = x.get("server_log") or {}
-                srv = (f"{_num(lg.get('busy_running_p50'))} / {_num(lg.get('busy_iteration_ms_p50'))} / "
-                       f"{lg.get('max_token_usage', '-')}") if lg else ""  # fmt: skip
+                keys = ("busy_running_p50", "busy_iteration_ms_p50", "busy_iteration_ms_mean")
+                srv = " / ".join([*(_num(lg.get(k)) for k in keys), str(lg.get("max_token_usage", "-"))]) if lg else ""
                 lines.append(f"| {p['policy']} | {rate} | {name} | {it['events']} | {it['tokens_per_event']:.2f} | "
                              f"{it['gap_p50_ms']:.1f} | {it['gap_p90_ms']:.1f} | {la} | {srv} |")  # fmt: skip
     return "\n".join(lines)
@@ -216,7 +217,7 @@ def _fill_from_requests(doc: dict[str, Any], requests_dir: Path) -> None:
 
     for p in doc["policies"]:
         log = requests_dir.parent / f"server_{p['policy']}.log"
-        if log.exists() and any("server_log" not in x for r in p["rates"].values() for x in r["real"]):
+        if log.exists() and any(not x.get("server_log") for r in p["rates"].values() for x in r["real"]):
             attach_server_log(p, log.read_text(errors="replace"))
         for rate, r in p["rates"].items():
             files = [(x, f"real_{p['policy']}_r{rate}_{i}", 0.003) for i, x in enumerate(r["real"])]

@@ -147,7 +147,7 @@ def test_render_reports_every_variant_and_the_iteration_table() -> None:
 
 
 # Bounds of the reduced real-server check, set from the committed measurement (docs/results/fidelity/README.md):
-# on the shared 2-core machine (load average 3-11 during the runs) the simulated throughput was +4% to +72% of the
+# on the shared 2-core machine (load average 2-11 during the runs) the simulated throughput was 0% to +72% of the
 # real one below capacity (the real server falls behind when the machine is busy, the simulator never does), and
 # every simulated latency percentile was below the real one (the profile is a bare forward pass: no HTTP,
 # tokenizer/detokenizer, scheduler overhead or contention). A simulator that drops or duplicates work, runs the
