@@ -11,11 +11,14 @@ EOS forcer). The simulator then runs the same :class:`RequestSpec` list with the
 server reports on ``/server_info`` (KV pool, chunked-prefill size, page size, radix cache on/off, mixed chunk),
 so the only differences left are the latency model and what the simulator does not model (see ``docs``).
 
-    python -m eval.fidelity --out docs/results/fidelity/            # 2 policies x 2 rates x 2 repeats, ~15 min
-    python -m eval.fidelity --quick --out /tmp/fidelity             # 1 rate, 1 repeat, 60 requests, ~3 min
+    python -m eval.fidelity --out docs/results/fidelity/            # 2 policies x 2 rates x 2 repeats, ~20 min
+    python -m eval.fidelity --quick --out /tmp/fidelity             # 1 rate, 1 repeat, 60 requests, ~4 min
 
-Writes ``fidelity.json`` (every real and simulated summary, settings, load average) and ``fidelity.md`` (the
-table). Relative error = (sim - real) / real, signed; against the mean over the real repeats, whose spread
+Writes ``fidelity.json`` (every real and simulated summary, settings, load average, contention probes, the
+scheduler log's iteration times) and ``fidelity.md`` (eval.fidelity_report). The simulated side runs three
+latency variants: the profile as fitted, its per-iteration constant raised to the lone decode step measured
+around the runs, and every iteration scaled by measured / predicted; results: docs/results/fidelity/README.md.
+Relative error = (sim - real) / real, signed; against the mean over the real repeats, whose spread
 ((max - min) / mean) is reported beside it so that noise and model error can be told apart.
 """
 
@@ -331,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(a: argparse.Namespace) -> FidelityRun:
-    cfg = FidelityRun(num_requests=60, rates=(3.0,), repeats=1) if a.quick else FidelityRun()
+    cfg = FidelityRun(num_requests=60, rates=(2.0,), repeats=1) if a.quick else FidelityRun()
     kw: dict[str, Any] = {"seed": a.seed, "profile": a.profile, "progress": a.progress,
                           "server_extra": tuple(a.server_args.split()), "requests_dir": a.requests_out}  # fmt: skip
     if a.policies:
