@@ -39,9 +39,9 @@ import numpy as np
 
 from eval import profiles
 from eval.fidelity_report import attach_server_log, compare, iteration_stats, render, tpot
-from eval.loadgen import run_load
+from eval.loadgen import LoadgenError, run_load
 from eval.metrics import RequestRecord, write_records
-from eval.server import ServerProcess, cpu_server_args
+from eval.server import ServerError, ServerProcess, cpu_server_args
 from eval.sim import Simulator
 from eval.workloads import RequestSpec, load_workload
 from policies import base
@@ -55,6 +55,10 @@ REAL_EVENT_TOL_S = 0.003  # a real iteration's tokens reach the client within th
 LONE_SHAPE = BatchShape((), (16 + 24,))  # the contention probe's decode step: 16-token prompt, mid-way through 48
 # a policy name on the real side -> the policy the simulator runs ('none' is stock SGLang = the sglang baseline)
 SIM_POLICY = {"none": "sglang"}
+
+
+class FidelityError(RuntimeError):
+    """A probe or run could not produce a measurement (one line why)."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,8 @@ def lone_decode_ms(base_url: str, new_tokens: int = 48, prompt_len: int = 16) ->
         for line in r.iter_lines():
             if line.startswith("data:") and line[5:].strip() != "[DONE]":
                 events.append((time.perf_counter(), int(json.loads(line[5:])["meta_info"]["completion_tokens"])))
+    if len(events) < 2:
+        raise FidelityError(f"lone decode probe: the server streamed {len(events)} events for {new_tokens} tokens")
     (t0, k0), (t1, k1) = events[0], events[-1]
     return (t1 - t0) / max(k1 - k0, 1) * 1e3
 
@@ -296,8 +302,11 @@ def _dump(cfg: FidelityRun, name: str, records: list[RequestRecord]) -> None:
 
 
 def _brief(s: dict[str, Any]) -> str:
-    return (f"{s['completed']}/{s['submitted']} done, TTFT p50/p99 {s['ttft_p50_ms']:.0f}/{s['ttft_p99_ms']:.0f} ms, "
-            f"TBT p50/p99 {s['tbt_p50_ms']:.1f}/{s['tbt_p99_ms']:.1f} ms, {s['throughput_tok_s']:.0f} tok/s, "
+    def f(k: str, nd: int) -> str:
+        return "-" if s.get(k) is None else f"{s[k]:.{nd}f}"
+
+    return (f"{s['completed']}/{s['submitted']} done, TTFT p50/p99 {f('ttft_p50_ms', 0)}/{f('ttft_p99_ms', 0)} ms, "
+            f"TBT p50/p99 {f('tbt_p50_ms', 1)}/{f('tbt_p99_ms', 1)} ms, {f('throughput_tok_s', 0)} tok/s, "
             f"preemptions {s['preemptions']}")  # fmt: skip
 
 
@@ -359,7 +368,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(a.out)
-    doc = run(cfg, out)
+    try:
+        doc = run(cfg, out)
+    except (ServerError, LoadgenError, FidelityError, httpx.HTTPError) as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)  # partial results stay in fidelity.json
+        return 1
     md = render(doc, Path(cfg.requests_dir) if cfg.requests_dir else None)
     (out / "fidelity.md").write_text(md)
     print(md)
