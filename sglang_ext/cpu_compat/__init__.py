@@ -19,7 +19,10 @@ from pathlib import Path
 
 STAND_IN_DIR = Path(__file__).resolve().parent / "stand_in"
 PTH_NAME = "zz_sglang_ext_cpu_compat.pth"
-PTH_LINE = "import sglang_ext.cpu_compat as m; m.activate()\n"
+# A .pth line runs only if it starts with "import"; the try keeps an interpreter quiet when the package is gone.
+PTH_LINE = (
+    "import sys; exec('try:\\n import sglang_ext.cpu_compat as m\\n m.activate()\\nexcept ImportError:\\n pass')\n"
+)
 
 
 def real_sgl_kernel_available() -> bool:
