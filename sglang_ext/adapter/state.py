@@ -24,7 +24,7 @@ from sglang_ext.adapter import translate
 logger = logging.getLogger("sglang_ext")
 
 RATE_WINDOW_S = 30.0
-LOG_EVERY_S = 10.0
+LOG_EVERY_S = float(os.environ.get("SGLANG_EXT_LOG_EVERY_S", "10"))  # counters line period in the server log
 IDLE_FACTOR = 5.0  # a period this many times the predicted iteration time contains idle time
 
 
