@@ -24,6 +24,9 @@ from policies.views import IterationPlan, Preempt, SchedulerView
 class Policy(ABC):
     name: ClassVar[str] = ""
     needs_oracle: ClassVar[bool] = False  # only the Oracle (A4) is handed true output lengths
+    # True: ``Admit.reserve_tokens`` is this policy's KV accounting and a host must charge exactly that. False: the
+    # policy mirrors its host's own accounting (the ``sglang`` baseline), which stays in charge.
+    owns_kv_accounting: ClassVar[bool] = True
 
     def __init__(self, latency: LatencyModel, **options: Any) -> None:
         self.latency = latency

@@ -77,6 +77,8 @@ class NewTokenRatio:
 class SGLangPolicy(Policy):
     """SGLang 0.5.23's ``SchedulePolicy`` + ``PrefillAdder`` + ``retract_decode`` (see module docstring)."""
 
+    owns_kv_accounting = False  # it mirrors SGLang's PrefillAdder accounting, which the adapter leaves in charge
+
     def __init__(self, latency: LatencyModel, **options: Any) -> None:
         super().__init__(latency, **options)
         cfg = config_of(options).sglang

@@ -3,11 +3,12 @@
 SGLang still does the mechanics (prefix matching, locking, chunking, page rounding, the physical checks); the
 policy's decisions enter at three seams only:
 * admission: a request the policy did not admit this iteration is not added (``add_one_req`` returns OTHER);
-* reservation: for admitted requests with a policy reservation, the KV SGLang's budget charges for the output is
-  the policy's reservation (CacheOPT C1/C2), not ``max_new_tokens``; running requests are charged what remains of
-  their allocation instead of SGLang's ``new_token_ratio`` guess;
+* reservation: for policies that own their KV accounting (``Policy.owns_kv_accounting``), the KV SGLang's budget
+  charges an admitted request for its output is the policy's reservation (CacheOPT C1/C2, AccelGen's demand gate,
+  vLLM's admit-until-full), not ``max_new_tokens``; running requests are charged what remains of their allocation
+  instead of SGLang's ``new_token_ratio`` guess;
 * the commit notifies the adapter so the reservation becomes the request's allocation.
-Policies without reservations (``sglang``) leave SGLang's accounting untouched.
+The ``sglang`` baseline mirrors SGLang's own accounting and leaves it untouched.
 """
 
 from __future__ import annotations
@@ -19,15 +20,13 @@ from sglang.srt.managers.schedule_policy import AddReqResult, PrefillAdder
 
 from sglang_ext.adapter.state import Adapter
 
-RESERVING_POLICIES = ("cacheopt", "cacheopt+accelgen")
-
 
 class PolicyPrefillAdder(PrefillAdder):
     adapter: Adapter | None = None  # set by the hooks before SGLang instantiates the adder
 
     def _reserving(self) -> bool:
         a = self.adapter
-        return a is not None and a.cfg.policy in RESERVING_POLICIES
+        return a is not None and a.policy.owns_kv_accounting
 
     def _get_running_request_total_token_offset(self, req: Any) -> int:
         if self._reserving() and (off := self.adapter.running_offset(req)) is not None:  # type: ignore[union-attr]
