@@ -101,73 +101,33 @@ class SimRequest:
         return t[0] if t else None
 
 
-def waiting_view(r: SimRequest) -> WaitingView:
+def _waiting_fields(r: SimRequest) -> tuple:
+    """WaitingView's fields in order (positional: this runs for every waiting request every iteration)."""
     t = r.record.token_times_s
-    return WaitingView(
-        r.rid,
-        r.arrival_s,
-        r.prompt_len,
-        r.max_new_tokens,
-        r.slo,
-        r.cached_len,
-        r.output_len,
-        r.prefilled_len,
-        r.estimate,
-        r.host_tokens > 0,
-        t[0] if t else None,
-    )
+    return (r.rid, r.arrival_s, r.prompt_len, r.max_new_tokens, r.slo, r.cached_len, r.output_len,
+            r.prefilled_len, r.estimate, r.host_tokens > 0, t[0] if t else None)  # fmt: skip
+
+
+def _running_fields(r: SimRequest) -> tuple:
+    """RunningView's fields in order. ``cached_len`` is the hit it was admitted with: shared with others, so a
+    preemption may not free it."""
+    t = r.record.token_times_s
+    return (r.rid, r.arrival_s, r.prompt_len, r.output_len, r.max_new_tokens, r.kv_used, r.kv_allocated, r.slo,
+            r.estimate, t[-1] if t else None, t[0] if t else None, r.cached_len)  # fmt: skip
+
+
+def waiting_view(r: SimRequest) -> WaitingView:
+    return WaitingView(*_waiting_fields(r))
 
 
 def running_view(r: SimRequest) -> RunningView:
-    t = r.record.token_times_s
-    return RunningView(
-        r.rid,
-        r.arrival_s,
-        r.prompt_len,
-        r.output_len,
-        r.max_new_tokens,
-        r.kv_used,
-        r.kv_allocated,
-        r.slo,
-        r.estimate,
-        t[-1] if t else None,
-        t[0] if t else None,
-        r.cached_len,  # the hit it was admitted with: shared with others, so a preemption may not free it
-    )
+    return RunningView(*_running_fields(r))
 
 
 def oracle_waiting_view(r: SimRequest) -> OracleWaitingView:
-    t = r.record.token_times_s
-    return OracleWaitingView(
-        r.rid,
-        r.arrival_s,
-        r.prompt_len,
-        r.max_new_tokens,
-        r.slo,
-        r.cached_len,
-        r.output_len,
-        r.prefilled_len,
-        r.estimate,
-        r.host_tokens > 0,
-        t[0] if t else None,
-        r._finish_len,
-    )
+    """The same view plus the true output length: only for policies with ``needs_oracle`` (A4)."""
+    return OracleWaitingView(*_waiting_fields(r), r._finish_len)
 
 
 def oracle_running_view(r: SimRequest) -> OracleRunningView:
-    t = r.record.token_times_s
-    return OracleRunningView(
-        r.rid,
-        r.arrival_s,
-        r.prompt_len,
-        r.output_len,
-        r.max_new_tokens,
-        r.kv_used,
-        r.kv_allocated,
-        r.slo,
-        r.estimate,
-        t[-1] if t else None,
-        t[0] if t else None,
-        r.cached_len,  # the hit it was admitted with: shared with others, so a preemption may not free it
-        r._finish_len,
-    )
+    return OracleRunningView(*_running_fields(r), r._finish_len)
