@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from policies.length_dist import LengthDistribution
+
 
 @dataclass(frozen=True, slots=True)
 class SLO:
@@ -24,12 +26,15 @@ class SLO:
 
 @dataclass(frozen=True, slots=True)
 class LengthEstimate:
-    """Output-length prediction for one request (C1): a point estimate and an upper bound at ``confidence``."""
+    """Output-length prediction for one request (C1): a point estimate, an upper bound at ``confidence`` (the
+    paper's per-request padding) and, where the predictor gives one, the whole predictive distribution (quantiles),
+    which pool-level admission combines over requests."""
 
     point: int
     bound: int
     confidence: float
     fallback: bool = False  # True when the predictor had not answered and a documented fallback was used
+    dist: LengthDistribution | None = None  # total output length's quantiles (None: point/bound only)
 
 
 @dataclass(frozen=True, slots=True)
