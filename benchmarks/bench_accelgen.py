@@ -14,11 +14,11 @@ import time
 
 import numpy as np
 
-from eval.profiles import get
 from policies.accelgen.chunk import ChunkSizer
 from policies.base import create
 from policies.latency import BatchShape
 from policies.views import SLO, PoolView, RunningView, SchedulerView, WaitingView
+from profiles import get
 
 
 def _view(n_running: int, n_waiting: int, rng: np.random.Generator) -> SchedulerView:

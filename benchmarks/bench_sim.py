@@ -15,7 +15,7 @@ import random
 import statistics
 import time
 
-from eval import profiles
+import profiles
 from eval.sim import Simulator
 from eval.workloads import load_workload
 from policies.base import available, create

@@ -5,7 +5,7 @@ either wastes compute or breaks tight TBT SLOs when short and long prompts with 
 script measures that claim on GPU latency profiles with real length data, across arrival rates, and writes
 JSON + PNG + markdown to ``docs/results/accelgen/``.
 
-Setup. Profiles ``h100-llama3-8b`` and ``h100-llama2-13b`` (eval.profiles, their own KV pool sizes, 16-token
+Setup. Profiles ``h100-llama3-8b`` and ``h100-llama2-13b`` (profiles, their own KV pool sizes, 16-token
 pages). Workloads ``mixed-code-conv`` (Azure 2023 code = long prompts + conv = short) and ``mixed-arxiv-sharegpt``
 (arXiv summarization + ShareGPT lengths). Three SLO classes, equal shares, relative to each request's isolated
 latency (eval.slo): tight = TTFT 5x / TBT 3x, medium = 10x / 6x, loose = 20x / 12x. Policies: ``sglang``,
@@ -32,12 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from eval import profiles
+import profiles
 from eval.metrics import summarize_by_class
-from eval.sim import Simulator
+from eval.sim import Simulator, make_policy, sim_capabilities
 from eval.slo import parse_slo
 from eval.workloads import load_workload
 from policies import base
+from policies.config import ExtConfig
 
 SLO_SPEC = "tight=1:5x:3x,medium=1:10x:6x,loose=1:20x:12x"
 SARATHI_BUDGETS = (256, 512, 1024, 2048)
@@ -53,8 +54,24 @@ def policy_set(quick: bool) -> list[tuple[str, str, dict[str, Any]]]:
     return out
 
 
+def build(prof: profiles.Profile, name: str, options: dict[str, Any]) -> base.Policy:
+    """Policy ``name`` for the simulator; options: ``config``, ``token_budget`` (a fixed chunk), ``gate`` (an
+    AccelGen KV gate), ``exact_limit`` (the Oracle's exhaustive-search bound)."""
+    from policies.accelgen.policy import AccelGenPolicy
+
+    cfg = options.get("config")
+    chunk = options.get("token_budget")
+    if "gate" in options:
+        caps = sim_capabilities(name, cfg or ExtConfig(), page_size=PAGE, chunk=chunk)
+        return AccelGenPolicy(prof, cfg, caps, gate=options["gate"])
+    pol = make_policy(name, prof, cfg, page_size=PAGE, chunk=chunk)
+    if "exact_limit" in options:
+        pol.exact_limit = int(options["exact_limit"])  # type: ignore[attr-defined]
+    return pol
+
+
 def simulate(prof: profiles.Profile, name: str, options: dict[str, Any], specs: list) -> dict[str, Any]:
-    pol = base.create(name, prof, **options)
+    pol = build(prof, name, options)
     sim = Simulator(pol, prof, pool_tokens=prof.kv_capacity_tokens, page_size=PAGE)
     t0 = time.perf_counter()
     res = sim.run(specs)
@@ -82,7 +99,7 @@ def tiny_oracle_check(prof: profiles.Profile, workload: str, slo, seeds: int, si
         for label, name, opts in (("accelgen", "accelgen", {}), ("cacheopt+accelgen", "cacheopt+accelgen", {}),
                                   ("sarathi-512", "sarathi", {"token_budget": 512}),
                                   ("oracle", "oracle", {"exact_limit": size})):  # fmt: skip
-            pol = base.create(name, prof, **opts)
+            pol = build(prof, name, opts)
             res = Simulator(pol, prof, pool_tokens=prof.kv_capacity_tokens, page_size=PAGE).run(specs)
             good[label] = good.get(label, 0) + sum(r.meets_ttft() and r.meets_tbt() for r in res.records)
             if name == "oracle":
@@ -121,7 +138,7 @@ def ablation(prof: profiles.Profile, specs: list) -> dict[str, Any]:
 def capacity_rps(prof: profiles.Profile, workload: str, n: int, slo) -> float:
     """Completion rate of sarathi-2048 with every request arriving at t=0 (requests/s)."""
     specs = [replace(s, arrival_s=0.0) for s in load_workload(workload, num_requests=n, rate=1.0, seed=1, slo=slo)]
-    res = Simulator(base.create("sarathi", prof, token_budget=2048), prof, pool_tokens=prof.kv_capacity_tokens,
+    res = Simulator(build(prof, "sarathi", {"token_budget": 2048}), prof, pool_tokens=prof.kv_capacity_tokens,
                     page_size=PAGE).run(specs)  # fmt: skip
     return res.summary["completed"] / res.summary["duration_s"]
 

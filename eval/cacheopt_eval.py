@@ -1,7 +1,7 @@
 """CacheOPT evaluation in the simulator: ``sglang``, ``vllm``, ``sarathi`` vs ``cacheopt`` (C1-C5), with ablations and
 parameter sensitivity. Writes JSON + PNG + a markdown table to ``docs/results/cacheopt/``.
 
-Setup. Profiles ``h100-llama3-8b``, ``h100-llama2-13b``, ``a100-llama2-13b`` (eval.profiles: roofline latency, the
+Setup. Profiles ``h100-llama3-8b``, ``h100-llama2-13b``, ``a100-llama2-13b`` (profiles: roofline latency, the
 profile's own KV pool, 16-token pages). Workloads ``azure-conv`` (Azure 2023 conversation trace lengths) and
 ``sharegpt`` (ShareGPT length stats), Poisson arrivals, visible cap ``max_new_tokens = max(2 x true, 512)``
 (eval.workloads "auto"). Three SLO classes, equal shares, relative to each request's isolated latency (eval.slo):
@@ -41,11 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from eval import profiles
-from eval.sim import Simulator
+import profiles
+from eval.sim import Simulator, make_policy
 from eval.slo import parse_slo
 from eval.workloads import RequestSpec, load_workload
-from policies import base
 from policies.config import CacheOptConfig, ExtConfig, PredictorConfig
 from policies.views import LengthEstimate
 from predictors.bounds import adapt_confidence
@@ -81,7 +80,7 @@ def estimator(specs: list[RequestSpec], sigma: float | None, conf: float, seed: 
 
 
 def simulate(prof: profiles.Profile, name: str, cfg: ExtConfig, specs: list[RequestSpec], est) -> dict[str, Any]:
-    pol = base.create(name, prof, config=cfg)
+    pol = make_policy(name, prof, cfg, page_size=PAGE)
     t0 = time.perf_counter()
     res = Simulator(pol, prof, pool_tokens=prof.kv_capacity_tokens, page_size=PAGE, estimator=est).run(specs)
     out = {k: res.summary.get(k) for k in METRICS}
@@ -95,7 +94,9 @@ def simulate(prof: profiles.Profile, name: str, cfg: ExtConfig, specs: list[Requ
 def capacity_rps(prof: profiles.Profile, workload: str, n: int, slo) -> float:
     """Completion rate of ``sglang`` with every request arriving at t=0 (requests/s)."""
     specs = [replace(s, arrival_s=0.0) for s in load_workload(workload, num_requests=n, rate=1.0, seed=1, slo=slo)]
-    res = Simulator(base.create("sglang", prof), prof, pool_tokens=prof.kv_capacity_tokens, page_size=PAGE).run(specs)
+    res = Simulator(
+        make_policy("sglang", prof, page_size=PAGE), prof, pool_tokens=prof.kv_capacity_tokens, page_size=PAGE
+    ).run(specs)
     return res.summary["completed"] / res.summary["duration_s"]
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 import policies.cacheopt  # noqa: F401
-from eval.profiles import get as get_profile
 from policies.base import create
 from policies.views import SLO, LengthEstimate, PoolView, RunningView, SchedulerView, WaitingView
+from profiles import get as get_profile
 
 
 def make_view(kind: str, n_run: int, n_wait: int, rng: np.random.Generator) -> SchedulerView:

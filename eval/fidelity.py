@@ -37,12 +37,12 @@ from typing import Any
 import httpx
 import numpy as np
 
-from eval import profiles
+import profiles
 from eval.fidelity_report import attach_server_log, compare, iteration_stats, render, tpot
 from eval.loadgen import LoadgenError, run_load
 from eval.metrics import RequestRecord, write_records
 from eval.server import ServerError, ServerProcess, cpu_server_args
-from eval.sim import Simulator
+from eval.sim import Simulator, sim_capabilities
 from eval.workloads import RequestSpec, load_workload
 from policies import base
 from policies.config import ExtConfig, SGLangBaselineConfig
@@ -150,10 +150,9 @@ def simulate(policy: str, specs: list[RequestSpec], profile: LatencyModel, s: Se
                               schedule_conservativeness=s.schedule_conservativeness,
                               chunked_prefill_size=s.chunked_prefill_size)  # fmt: skip
     cfg = ExtConfig(policy=sim_policy, sglang=sg)
-    options: dict[str, Any] = {"config": cfg}
-    if sim_policy == "sglang":
-        options |= {"max_prefill_tokens": s.max_prefill_tokens, "max_running_requests": s.max_running_requests}
-    pol = base.create(sim_policy, profile, **options)
+    caps = sim_capabilities(sim_policy, cfg, page_size=s.page_size)
+    caps = replace(caps, max_prefill_tokens=s.max_prefill_tokens, max_running_requests=s.max_running_requests)
+    pol = base.create(sim_policy, profile, cfg, caps)
     sim = Simulator(pol, profile, pool_tokens=s.pool_tokens, page_size=s.page_size, prefix_cache=s.prefix_cache)
     return sim.run(specs)
 

@@ -50,7 +50,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
-from eval import profiles
+import profiles
 from eval.metrics import RequestRecord, summarize, summarize_by_class, write_records
 from eval.slo import parse_slo
 from eval.workloads import RequestSpec, available_workloads, load_workload
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", default="auto", help="visible cap policy: auto, exact or an int")
     ap.add_argument("--start", type=int, default=0, help="first trace row")
     ap.add_argument("--slo", default="none", help="SLO spec (eval.slo): none, default, abs:TTFT_MS:TBT_MS, classes")
-    ap.add_argument("--slo-profile", default=None, help="latency profile (eval.profiles) for relative SLOs ('<k>x')")
+    ap.add_argument("--slo-profile", default=None, help="latency profile (profiles) for relative SLOs ('<k>x')")
     ap.add_argument("--slo-chunk-tokens", type=int, default=None, help="server chunked-prefill size, for isolated TTFT")
     ap.add_argument("--mode", choices=MODES, default="cap")
     ap.add_argument("--vocab-size", type=int, default=None, help="default: read the served model's config.json")

@@ -14,9 +14,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from eval import profiles
+import profiles
 from eval.metrics import write_records
-from eval.sim import Simulator
+from eval.sim import Simulator, make_policy
 from eval.workloads import available_workloads, load_workload
 from policies import base
 from policies.config import POLICY_CHOICES, ConfigError, ExtConfig, flat_fields, from_flat
@@ -33,7 +33,7 @@ def _bool(s: str) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m eval.simulate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--policy", required=True, help="registered policy name")
-    ap.add_argument("--profile", required=True, help="latency profile name (eval.profiles)")
+    ap.add_argument("--profile", required=True, help="latency profile name (profiles)")
     ap.add_argument("--workload", required=True, help="workload name (eval.workloads)")
     ap.add_argument("--rate", type=float, default=None, help="requests/s (Poisson); omit to replay trace times")
     ap.add_argument("--out", required=True, help="summary JSON path")
@@ -78,11 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             scale=args.scale,
             max_context=args.max_context,
         )
-        policy = base.create(args.policy, profile, config=cfg)
+        page = args.page_size or (1 if args.profile.startswith("cpu") else 16)
+        policy = make_policy(args.policy, profile, cfg, page_size=page)
     except (ValueError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    page = args.page_size or (1 if args.profile.startswith("cpu") else 16)
     sim = Simulator(
         policy,
         profile,

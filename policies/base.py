@@ -1,7 +1,8 @@
 """The one policy interface and the registry that names policies (Vidur-style registry).
 
-A policy is constructed once per host from the validated config and an injected :class:`LatencyModel`
-(time is injected: a policy never reads a clock). Hosts call it at two points:
+A policy is constructed once per host from an injected :class:`LatencyModel` (time is injected: a policy never reads
+a clock), the validated :class:`~policies.config.ExtConfig` and the host's :class:`HostCapabilities` — typed, no
+option bags. Hosts call it at two points:
 
 * :meth:`Policy.plan` — when the host may form a new batch: which waiting requests join, with how many
   prefill tokens, what KV each is accounted for, the iteration's token budget, any top-ups or preemptions.
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
+from policies.capabilities import HostCapabilities
+from policies.config import ExtConfig
 from policies.latency import BatchShape, LatencyModel
 from policies.views import IterationPlan, Preempt, SchedulerView
 
@@ -28,9 +31,23 @@ class Policy(ABC):
     # policy mirrors its host's own accounting (the ``sglang`` baseline), which stays in charge.
     owns_kv_accounting: ClassVar[bool] = True
 
-    def __init__(self, latency: LatencyModel, **options: Any) -> None:
+    def __init__(
+        self, latency: LatencyModel, config: ExtConfig | None = None, host: HostCapabilities | None = None
+    ) -> None:
         self.latency = latency
-        self.options = options
+        self.config = config if config is not None else ExtConfig()
+        self.host = host if host is not None else HostCapabilities()
+
+    @classmethod
+    def needs_mixed_chunk(cls, config: ExtConfig) -> bool:
+        """Whether this policy's plans assume decodes run in the same forward as prefill chunks (SGLang's
+        ``--enable-mixed-chunk``); the plugin turns that mode on for it and the simulator runs it that way."""
+        return False
+
+    @property
+    def mixed(self) -> bool:
+        """The batching mode plans are made for: the host's, or the policy's own need."""
+        return self.host.mixed_chunk or self.needs_mixed_chunk(self.config)
 
     @abstractmethod
     def plan(self, view: SchedulerView) -> IterationPlan:
@@ -47,7 +64,7 @@ class Policy(ABC):
         """The host measured an iteration of ``shape`` taking ``seconds`` (AccelGen A1 refits from these)."""
 
 
-_REGISTRY: dict[str, Callable[..., Policy]] = {}
+_REGISTRY: dict[str, type[Policy]] = {}
 
 
 def register(name: str) -> Callable[[type[Policy]], type[Policy]]:
@@ -61,26 +78,25 @@ def register(name: str) -> Callable[[type[Policy]], type[Policy]]:
     return deco
 
 
-def register_factory(name: str, factory: Callable[..., Policy]) -> None:
-    """Register a composed policy (e.g. ``cacheopt+accelgen``) built by a function rather than a class."""
-    if name in _REGISTRY:
-        raise ValueError(f"policy {name!r} registered twice")
-    _REGISTRY[name] = factory
-
-
 def available() -> list[str]:
     _load_builtin()
     return sorted(_REGISTRY)
 
 
-def create(name: str, latency: LatencyModel, **options: Any) -> Policy:
-    """Build a registered policy; an unknown name lists the valid ones."""
+def policy_class(name: str) -> type[Policy]:
+    """The registered class called ``name``; an unknown name lists the valid ones."""
     _load_builtin()
     try:
-        factory = _REGISTRY[name]
+        return _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown policy {name!r}; valid: {', '.join(sorted(_REGISTRY))}") from None
-    return factory(latency, **options)
+
+
+def create(
+    name: str, latency: LatencyModel, config: ExtConfig | None = None, host: HostCapabilities | None = None
+) -> Policy:
+    """Build a registered policy; an unknown name lists the valid ones."""
+    return policy_class(name)(latency, config, host)
 
 
 def _load_builtin() -> None:

@@ -9,23 +9,20 @@ path in either policy knows about the other.
 
 from __future__ import annotations
 
-from typing import Any
-
 from policies.accelgen.policy import AccelGenPolicy
-from policies.base import Policy, register_factory
-from policies.common import config_of
+from policies.base import register
+from policies.cacheopt.gate import CacheOptGate
+from policies.capabilities import HostCapabilities
+from policies.config import ExtConfig
 from policies.latency import LatencyModel
 
 
-def make_cacheopt_accelgen(latency: LatencyModel, **options: Any) -> Policy:
-    """Build ``AccelGenPolicy`` with ``CacheOptGate(config.cacheopt, latency)`` as its gate. Options as both."""
-    from policies.cacheopt.gate import CacheOptGate  # imported here: policies.builtin may load this module first
+@register("cacheopt+accelgen")
+class CacheOptAccelGenPolicy(AccelGenPolicy):
+    """``AccelGenPolicy`` with ``CacheOptGate(config.cacheopt, latency)`` as its gate."""
 
-    cfg = config_of(options)
-    gate = CacheOptGate(cfg.cacheopt, latency, reserve_tokens=options.get("reserve_tokens"))
-    policy = AccelGenPolicy(latency, **{**options, "gate": gate})
-    policy.name = "cacheopt+accelgen"
-    return policy
-
-
-register_factory("cacheopt+accelgen", make_cacheopt_accelgen)
+    def __init__(
+        self, latency: LatencyModel, config: ExtConfig | None = None, host: HostCapabilities | None = None
+    ) -> None:
+        config = config if config is not None else ExtConfig()
+        super().__init__(latency, config, host, gate=CacheOptGate(config.cacheopt, latency))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from policies.config import ExtConfig
 from policies.views import Preempt, PreemptMode, RunningView, WaitingView
 
 
@@ -50,13 +49,3 @@ def newest_first_victims(
         out.append(Preempt(r.rid, mode))
         freed += r.kv_used
     return tuple(out)
-
-
-def config_of(options: dict) -> ExtConfig:
-    """The validated :class:`ExtConfig` a host passed as ``config=``; defaults when none was passed."""
-    cfg = options.get("config")
-    if cfg is None:
-        return ExtConfig()
-    if not isinstance(cfg, ExtConfig):
-        raise TypeError(f"config must be an ExtConfig, got {type(cfg).__name__}")
-    return cfg

@@ -33,6 +33,8 @@ class SGLangBaselineConfig:
     schedule_conservativeness: float = opt(1.0, "SGLang --schedule-conservativeness the baseline mirrors.")
     chunked_prefill_size: int = opt(2048, "Chunked-prefill size (tokens) for the sglang/sarathi baselines.")
     retraction_policy: str = opt("length", "Victim order on decode OOM.", ("length", "priority"))
+    mixed_chunk: bool = opt(False, "SGLang --enable-mixed-chunk the baseline mirrors (decodes ride with prefill "
+                            "chunks).")  # fmt: skip
 
     def __post_init__(self) -> None:
         _check(self.schedule_conservativeness > 0, "--ext-sglang-schedule-conservativeness", "must be > 0")
@@ -110,6 +112,7 @@ class AccelGenConfig:
                               "the batch budget) or both (also looser ones).", ("tighter", "both"))  # fmt: skip
     multi_resource: bool = opt(True, "A3: choose queued requests filling both the token budget and free KV.")
     refit_interval: int = opt(50, "A1: refit the latency model from measured iterations every N iterations.")
+    online_refit: bool = opt(True, "A1: refit the latency model online from the host's measured iterations.")
     urgent_slack_frac: float = opt(0.5, "A2: a request whose TTFT slack is below this fraction of its TTFT SLO "
                                    "skips the similar-SLO grouping.")  # fmt: skip
     starve_s: float = opt(30.0, "A2: a request waiting longer than this (s) is served before all new ones.")
@@ -139,7 +142,7 @@ class ExtConfig:
     default_ttft_slo_ms: float = opt(0.0, "TTFT SLO for requests that carry none (0 = no objective).")
     default_tbt_slo_ms: float = opt(0.0, "TBT SLO for requests that carry none (0 = no objective).")
     log_decisions: bool = opt(False, "Log every policy decision in the scheduler (debug).")
-    latency_profile: str = opt("cpu-tiny-torch", "Latency profile (eval.profiles name) the policies start from.")
+    latency_profile: str = opt("cpu-tiny-torch", "Latency profile (profiles name) the policies start from.")
     sglang: SGLangBaselineConfig = field(default_factory=SGLangBaselineConfig)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     cacheopt: CacheOptConfig = field(default_factory=CacheOptConfig)

@@ -1,7 +1,7 @@
 """Injected time: the latency model interface every policy and the simulator use (Vidur-style).
 
 An iteration's time is predicted from its shape, not measured by the policy. The same class serves three
-sources: GPU profiles derived from FLOPs/bytes (eval/profiles), a fit to the tiny CPU server's measured
+sources: GPU profiles derived from FLOPs/bytes (profiles), a fit to the tiny CPU server's measured
 iterations, and AccelGen's online refit from the server's own measurements (A1).
 """
 

@@ -31,7 +31,9 @@ from typing import Any
 from policies.accelgen.policy import AccelGenPolicy
 from policies.accelgen.priority import TIER_RESUME, Candidate
 from policies.base import register
+from policies.capabilities import HostCapabilities
 from policies.common import newest_first_victims
+from policies.config import ExtConfig
 from policies.latency import BatchShape, LatencyModel
 from policies.views import Admit, Preempt, RunningView, SchedulerView, WaitingView
 
@@ -206,16 +208,18 @@ def heuristic_order(jobs: Sequence[Job], now: float) -> list[int]:
 
 @register("oracle")
 class OraclePolicy(AccelGenPolicy):
-    """A4 reference (see module docstring). Options as ``accelgen`` plus ``exact_limit`` (int, default 6)."""
+    """A4 reference (see module docstring). Config as ``accelgen``; ``exact_limit`` bounds the exhaustive search."""
 
     needs_oracle = True
 
-    def __init__(self, latency: LatencyModel, **options: Any) -> None:
-        options.setdefault("gate", ExactKVGate())
-        super().__init__(latency, **options)
+    exact_limit = 6  # waiting requests up to which the order is searched exhaustively
+
+    def __init__(
+        self, latency: LatencyModel, config: ExtConfig | None = None, host: HostCapabilities | None = None
+    ) -> None:
+        super().__init__(latency, config, host, gate=ExactKVGate())
         self.packing = False
         self.strict = True
-        self.exact_limit = int(options.get("exact_limit", 6))
         self.exact_decisions = 0
         self.heuristic_decisions = 0
         self._cache: tuple[tuple[str, ...], list[str]] | None = None

@@ -8,16 +8,13 @@ TBT SLOs; this is the fixed-budget side of that comparison.
 
 KV management is Sarathi's (it is built on vLLM v0's block manager): a new prompt's whole KV is allocated when it
 is admitted, keeping a 1% watermark of the pool free, and a decode step that does not fit preempts the most
-recently scheduled request (recompute). The budget is the sglang section's ``chunked_prefill_size`` unless
-``token_budget=`` is passed; ``max_num_seqs`` defaults to 256.
+recently scheduled request (recompute). The budget is the host's chunk, else the sglang section's
+``chunked_prefill_size``; ``max_num_seqs`` is 256.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from policies.base import register
-from policies.latency import LatencyModel
 from policies.vllm import VLLMPolicy
 
 
@@ -27,8 +24,3 @@ class SarathiPolicy(VLLMPolicy):
 
     whole_prompt = True
     watermark = 0.01
-
-    def __init__(self, latency: LatencyModel, **options: Any) -> None:
-        if "token_budget" in options:
-            options["max_num_batched_tokens"] = options.pop("token_budget")
-        super().__init__(latency, **options)

@@ -35,10 +35,10 @@ chunk sizes and retractions.
 
 from __future__ import annotations
 
-from typing import Any
-
 from policies.base import Policy, register
-from policies.common import ceil_page, config_of, decode_need
+from policies.capabilities import HostCapabilities
+from policies.common import ceil_page, decode_need
+from policies.config import ExtConfig
 from policies.latency import LatencyModel
 from policies.views import Admit, IterationPlan, Preempt, SchedulerView
 
@@ -78,21 +78,20 @@ class SGLangPolicy(Policy):
     """SGLang 0.5.23's ``SchedulePolicy`` + ``PrefillAdder`` + ``retract_decode`` (see module docstring)."""
 
     owns_kv_accounting = False  # it mirrors SGLang's PrefillAdder accounting, which the adapter leaves in charge
+    clip = CLIP_MAX_NEW_TOKENS
+    retract_decode_steps = RETRACT_DECODE_STEPS
 
-    def __init__(self, latency: LatencyModel, **options: Any) -> None:
-        super().__init__(latency, **options)
-        cfg = config_of(options).sglang
+    def __init__(
+        self, latency: LatencyModel, config: ExtConfig | None = None, host: HostCapabilities | None = None
+    ) -> None:
+        super().__init__(latency, config, host)
+        cfg = self.config.sglang
         self.schedule_policy = cfg.schedule_policy
-        self.chunked_prefill_size = int(options.get("chunked_prefill_size", cfg.chunked_prefill_size))
-        self.max_prefill_tokens = int(options.get("max_prefill_tokens", MAX_PREFILL_TOKENS))
-        self.max_running_requests: int | None = options.get("max_running_requests")
-        self.clip = int(options.get("clip_max_new_tokens", CLIP_MAX_NEW_TOKENS))
-        self.retract_decode_steps = int(options.get("retract_decode_steps", RETRACT_DECODE_STEPS))
+        self.chunked_prefill_size = self.host.chunked_prefill_size or cfg.chunked_prefill_size
+        self.max_prefill_tokens = self.host.max_prefill_tokens
+        self.max_running_requests = self.host.max_running_requests
         self.ratio = NewTokenRatio(
-            cfg.schedule_conservativeness,
-            float(options.get("init_new_token_ratio", INIT_NEW_TOKEN_RATIO)),
-            float(options.get("min_new_token_ratio_factor", MIN_NEW_TOKEN_RATIO_FACTOR)),
-            int(options.get("new_token_ratio_decay_steps", NEW_TOKEN_RATIO_DECAY_STEPS)),
+            cfg.schedule_conservativeness, INIT_NEW_TOKEN_RATIO, MIN_NEW_TOKEN_RATIO_FACTOR, NEW_TOKEN_RATIO_DECAY_STEPS
         )
         self.batch_is_full = False
         self._decode_pending = False  # the last plan let a decode step run: decay unless it retracted

@@ -7,18 +7,18 @@ preempted in that step, it admits waiting requests in order (preempted ones firs
 chunks of the remaining token budget, until a chunk's KV no longer fits. That "admit until full" rule is what
 produces the preemption storms CacheOPT (C1-C4) is built to avoid.
 
-Defaults: ``max_num_batched_tokens`` = the sglang section's ``chunked_prefill_size`` (2048, also vLLM v1's
-online-serving default), ``max_num_seqs`` = 256 (vLLM's default). Divergences: the host keeps partially
-prefilled prompts in the waiting view; they are scheduled right after the decodes (vLLM keeps them in its
+Defaults: ``max_num_batched_tokens`` = the host's chunk (else the sglang section's ``chunked_prefill_size``,
+2048, also vLLM v1's online-serving default), ``max_num_seqs`` = 256 (vLLM's default). Divergences: the host keeps
+partially prefilled prompts in the waiting view; they are scheduled right after the decodes (vLLM keeps them in its
 running list in admission order) and are the first to be preempted. vLLM's KV blocks are the host's pages.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from policies.base import Policy, register
-from policies.common import ceil_page, config_of, newest_first_victims, partial_prefill_debt
+from policies.capabilities import HostCapabilities
+from policies.common import ceil_page, newest_first_victims, partial_prefill_debt
+from policies.config import ExtConfig
 from policies.latency import LatencyModel
 from policies.views import Admit, IterationPlan, Preempt, RunningView, SchedulerView, WaitingView
 
@@ -32,13 +32,17 @@ class VLLMPolicy(Policy):
     #: share of the pool kept free when admitting (vLLM v0's block-manager watermark); v1 has none
     watermark: float = 0.0
 
-    def __init__(self, latency: LatencyModel, **options: Any) -> None:
-        super().__init__(latency, **options)
-        cfg = config_of(options)
-        self.token_budget = int(options.get("max_num_batched_tokens", cfg.sglang.chunked_prefill_size))
-        self.max_num_seqs = int(options.get("max_num_seqs", 256))
-        if self.token_budget <= 0 or self.max_num_seqs <= 0:
-            raise ValueError("max_num_batched_tokens and max_num_seqs must be > 0")
+    max_num_seqs = 256  # vLLM's default
+
+    def __init__(
+        self, latency: LatencyModel, config: ExtConfig | None = None, host: HostCapabilities | None = None
+    ) -> None:
+        super().__init__(latency, config, host)
+        self.token_budget = self.host.chunked_prefill_size or self.config.sglang.chunked_prefill_size
+
+    @classmethod
+    def needs_mixed_chunk(cls, config: ExtConfig) -> bool:
+        return True  # decodes and prompt chunks share every step
 
     def plan(self, view: SchedulerView) -> IterationPlan:
         pool = view.pool

@@ -1,7 +1,7 @@
 """Fit an IterationLatencyModel to measured iteration times and write a named profile to data/profiles/.
 
 Input: one or more ``*.measured.json`` files from scripts/profile_iterations.py (plain PyTorch/transformers) or
-eval/profiles/server_probe.py (the real SGLang server). A seeded random ``--holdout`` fraction of the samples is
+eval/server_probe.py (the real SGLang server). A seeded random ``--holdout`` fraction of the samples is
 kept out of the fit; the stored model is the one fitted on the rest, and its held-out relative errors are stored
 beside it, so the quoted error is that of the model the simulator uses.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval import profiles
+import profiles
 from policies.latency import BatchShape, IterationLatencyModel
 
 

@@ -2,7 +2,7 @@
 
 Feeds scripts/fit_profile.py, which fits the simulator's IterationLatencyModel (issue 3 §4, AccelGen A1's
 ``c + b*tokens + a*attention`` model). Nothing is downloaded: the model is built from a config.json (or a named
-public shape from eval/profiles/specs.py) with random weights. Measured shapes, each the median of ``--repeats``:
+public shape from profiles/specs.py) with random weights. Measured shapes, each the median of ``--repeats``:
 
 * prefill of ``n`` new tokens after ``c`` cached ones (one sequence; logits of the last token only, as servers do);
 * decode of a batch of ``b`` sequences at context ``ctx`` (one new token each).
@@ -31,7 +31,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, OPTConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.profiles.specs import MODELS
+from profiles.specs import MODELS
 
 GRIDS = {  # (prefill new tokens, prefill context before, decode batches, decode contexts, max KV tokens in a shape)
     "cpu": (
@@ -52,7 +52,7 @@ GRIDS = {  # (prefill new tokens, prefill context before, decode batches, decode
 
 
 def load_config(spec: str) -> transformers.PretrainedConfig:
-    """A config.json path/directory, or the name of a public shape in eval/profiles/specs.py."""
+    """A config.json path/directory, or the name of a public shape in profiles/specs.py."""
     if spec in MODELS:
         m = MODELS[spec]
         if not m.gated_mlp:

@@ -22,8 +22,6 @@ from typing import Any
 
 logger = logging.getLogger("sglang_ext")
 
-MIXED_CHUNK_POLICIES = ("vllm", "sarathi", "accelgen", "cacheopt+accelgen")
-
 
 def _after_add_cli_args(result: Any, parser: Any, *args: Any, **kwargs: Any) -> None:
     from sglang_ext.config import add_cli_args
@@ -44,8 +42,7 @@ def _around_from_cli_args(original: Any, cls: Any, args: Any, *rest: Any, **kwar
     server_args = original(cls, args, *rest, **kwargs)
     cfg = _mirror_sglang_flags(cfg, server_args)
     config.publish(cfg)
-    wants_mixed = cfg.policy in MIXED_CHUNK_POLICIES or (cfg.policy == "cacheopt" and cfg.cacheopt.mixed_chunk)
-    if wants_mixed and not server_args.enable_mixed_chunk:
+    if cfg.enabled and _needs_mixed_chunk(cfg) and not server_args.enable_mixed_chunk:
         server_args.enable_mixed_chunk = True
         logger.info("sglang_ext: --ext-policy %s batches decodes with prefill chunks: mixed chunk on", cfg.policy)
     if cfg.enabled and cfg.predictor.mode == "service" and not cfg.predictor.endpoint:
@@ -53,8 +50,15 @@ def _around_from_cli_args(original: Any, cls: Any, args: Any, *rest: Any, **kwar
     return server_args
 
 
+def _needs_mixed_chunk(cfg: Any) -> bool:
+    """The policy's own typed answer (``Policy.needs_mixed_chunk``), not a list of names."""
+    from policies.base import policy_class
+
+    return policy_class(cfg.policy).needs_mixed_chunk(cfg)
+
+
 def _check_latency_profile(name: str) -> None:
-    from eval import profiles
+    import profiles
 
     try:
         profiles.get(name)
@@ -75,6 +79,7 @@ def _mirror_sglang_flags(cfg: Any, server_args: Any) -> Any:
         schedule_conservativeness=float(server_args.schedule_conservativeness),
         chunked_prefill_size=int(chunk) if chunk and chunk > 0 else sg.chunked_prefill_size,
         retraction_policy=server_args.retraction_policy or sg.retraction_policy,
+        mixed_chunk=bool(server_args.enable_mixed_chunk),
     )
     return dataclasses.replace(cfg, sglang=mirrored)
 

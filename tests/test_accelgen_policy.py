@@ -215,7 +215,7 @@ def test_property_plan_meets_tightest_slo_and_never_exceeds_kv(waiting, running,
 def test_online_refit_adopts_the_measured_model() -> None:
     """A1's online refit: measured iterations from a 2x slower machine make the budget shrink."""
     slow = IterationLatencyModel(c0_s=0.003, c_tok_s=4.4e-5, c_attn_prefill_s=2.1e-9, c_attn_decode_s=1.1e-7)
-    pol = AccelGenPolicy(MODEL, config=cfg(refit_interval=20), online_refit=True)
+    pol = AccelGenPolicy(MODEL, config=cfg(refit_interval=20))
     running = tuple(r(f"r{i}", 800, 40.0) for i in range(8))
     view = SchedulerView(0.0, (w("long", 0.0, 20_000),), running, PoolView(200_000, 150_000))
     before = pol.plan(view).token_budget

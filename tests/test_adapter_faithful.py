@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from policies.capabilities import HostCapabilities
 from policies.config import ExtConfig, SGLangBaselineConfig
 from sglang_ext.adapter import hooks
 from tests.test_sglang_faithful import CHUNK, CONSERVATIVENESS, StockSGLang, script, sglang_ready  # noqa: F401
@@ -29,7 +30,7 @@ class AdaptedSGLang(StockSGLang):
 
         cfg = ExtConfig(policy="sglang", sglang=SGLangBaselineConfig(chunked_prefill_size=CHUNK,
                         schedule_conservativeness=CONSERVATIVENESS))  # fmt: skip
-        self.adapter = Adapter(cfg, {"chunked_prefill_size": CHUNK, "max_prefill_tokens": 16384})
+        self.adapter = Adapter(cfg, HostCapabilities(chunked_prefill_size=CHUNK, max_prefill_tokens=16384))
         self.token_to_kv_pool_allocator = self.alloc
         self.tree_cache = self.tc
         self.chunked_prefill_size = CHUNK

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from policies.base import create
+from policies.capabilities import HostCapabilities
 from policies.latency import IterationLatencyModel
 from policies.views import PoolView, RunningView, SchedulerView, WaitingView
 
@@ -22,14 +23,14 @@ def view(waiting=(), running=(), free=10_000, cap=10_000, page=1) -> SchedulerVi
 
 
 def test_vllm_decodes_first_then_chunks_within_budget():
-    p = create("vllm", LAT, max_num_batched_tokens=100)
+    p = create("vllm", LAT, host=HostCapabilities(chunked_prefill_size=100))
     plan = p.plan(view([w("x", 80), w("y", 80)], [r("a", 10), r("b", 10)]))
     assert [(a.rid, a.prefill_tokens) for a in plan.admit] == [("x", 80), ("y", 18)]  # 100 - 2 decodes
     assert plan.run_decodes and plan.preempt == ()
 
 
 def test_vllm_partial_prefill_continues_before_new_requests():
-    p = create("vllm", LAT, max_num_batched_tokens=64)
+    p = create("vllm", LAT, host=HostCapabilities(chunked_prefill_size=64))
     plan = p.plan(view([w("old", 200, prefilled_len=128), w("new", 10)], [r("a", 10)]))
     assert [(a.rid, a.prefill_tokens) for a in plan.admit] == [("old", 63)]
 
@@ -63,7 +64,7 @@ def test_vllm_victims_newest_first():
 
 
 def test_sarathi_mixed_fixed_budget_and_whole_prompt_allocation():
-    p = create("sarathi", LAT, token_budget=64)
+    p = create("sarathi", LAT, host=HostCapabilities(chunked_prefill_size=64))
     plan = p.plan(view([w("x", 100), w("y", 10)], [r("a", 10)], free=1000, cap=1000))
     assert [(a.rid, a.prefill_tokens) for a in plan.admit] == [("x", 63)]
     assert plan.run_decodes and plan.token_budget == 64
@@ -73,7 +74,7 @@ def test_sarathi_mixed_fixed_budget_and_whole_prompt_allocation():
 
 
 def test_sarathi_keeps_room_for_started_prompts():
-    p = create("sarathi", LAT, token_budget=512)
+    p = create("sarathi", LAT, host=HostCapabilities(chunked_prefill_size=512))
     started = w("s", 300, prefilled_len=100)  # still owes 200 tokens
     plan = p.plan(view([started, w("n", 50)], [], free=240, cap=1000))
     assert [a.rid for a in plan.admit] == ["s"]  # 240 - 200 owed leaves 40 < 50 (+ watermark)

@@ -14,9 +14,9 @@ import pytest
 from eval import fidelity as fd
 from eval import fidelity_report as fr
 from eval.metrics import RequestRecord
-from eval.profiles import Profile
 from eval.workloads import RequestSpec
 from policies.latency import BatchShape, IterationLatencyModel
+from profiles import Profile
 
 LAT = IterationLatencyModel(c0_s=0.002, c_tok_s=1e-5, c_attn_decode_s=1e-7, c_seq_s=1e-5)
 PROFILE = Profile("test", LAT, 4096, "test", "unit test")

@@ -1,4 +1,4 @@
-"""Measured-file -> fit_profile -> eval.profiles pipeline, and the server probe's gap arithmetic."""
+"""Measured-file -> fit_profile -> profiles pipeline, and the server probe's gap arithmetic."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval import profiles
-from eval.profiles.server_probe import per_token_gaps
+import profiles
+from eval.server_probe import per_token_gaps
 from policies.latency import BatchShape, IterationLatencyModel
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from eval import profiles
-from eval.profiles.specs import MODELS
+import profiles
 from policies.latency import BatchShape
+from profiles.specs import MODELS
 
 GPU_NAMES = [f"{g}-{m}" for g in ("h100", "a100") for m in ("llama2-7b", "llama2-13b", "llama3-8b", "opt-13b")]
 

@@ -19,9 +19,8 @@ from array import array
 
 import pytest
 
-from eval.sim import Simulator
+from eval.sim import Simulator, make_policy
 from eval.workloads import RequestSpec
-from policies.base import create
 from policies.config import ExtConfig, SGLangBaselineConfig
 from policies.latency import IterationLatencyModel
 
@@ -49,7 +48,7 @@ def script(seed: int, n: int = 32) -> list[tuple[int, str, int, int, int]]:
 def simulate(reqs, page: int = 1, radix: bool = False) -> list[tuple]:
     """The ``sglang`` policy in the simulator; the trace of prefill batches and retractions."""
     cfg = ExtConfig(sglang=SGLangBaselineConfig(chunked_prefill_size=CHUNK, schedule_conservativeness=CONSERVATIVENESS))
-    pol = create("sglang", IterationLatencyModel(c0_s=1.0, c_tok_s=0.0), config=cfg)
+    pol = make_policy("sglang", IterationLatencyModel(c0_s=1.0, c_tok_s=0.0), cfg, page_size=page)
     trace: list[tuple] = []
     plan, victims = pol.plan, pol.choose_victims
 

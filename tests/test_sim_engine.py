@@ -47,8 +47,8 @@ def test_output_stops_at_visible_cap():
 class Spy(Policy):
     """Records what it is shown; admits everything that fits, one request at a time."""
 
-    def __init__(self, latency, **options):
-        super().__init__(latency, **options)
+    def __init__(self, latency, config=None, host=None):
+        super().__init__(latency, config, host)
         self.seen: list = []
 
     def plan(self, view: SchedulerView) -> IterationPlan:
@@ -163,8 +163,8 @@ def test_swap_falls_back_to_recompute_without_host_memory():
 
 
 class Observer(Spy):
-    def __init__(self, latency, **options):
-        super().__init__(latency, **options)
+    def __init__(self, latency, config=None, host=None):
+        super().__init__(latency, config, host)
         self.observed: list = []
 
     def observe_iteration(self, shape, seconds):

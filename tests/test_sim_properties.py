@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eval.sim import Simulator
+from eval.sim import Simulator, make_policy
 from eval.workloads import RequestSpec
-from policies.base import available, create
+from policies.base import available
 from policies.latency import IterationLatencyModel
 from policies.views import LengthEstimate
 
@@ -49,7 +49,7 @@ def estimator(spec: RequestSpec) -> LengthEstimate:
 @given(specs=workloads(), pool=st.integers(200, 1200), page=st.sampled_from([1, 16]), est=st.booleans())
 def test_pool_safety_and_nothing_lost(name, specs, pool, page, est):
     sim = Simulator(
-        create(name, LAT),
+        make_policy(name, LAT, page_size=page),
         LAT,
         pool_tokens=pool,
         page_size=page,

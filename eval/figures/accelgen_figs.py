@@ -31,7 +31,7 @@ def capacity(ctx: Context, prof: str, wl: str) -> float:
 
 
 def _tiny(params: dict[str, Any]) -> dict[str, Any]:
-    from eval import profiles
+    import profiles
     from eval.slo import parse_slo
 
     prof = profiles.get(params["profile"])

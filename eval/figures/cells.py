@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[2]
-FINGERPRINT_PATHS = ("policies", "eval/sim", "eval/profiles", "eval/workloads.py", "eval/slo.py", "eval/metrics.py",
+FINGERPRINT_PATHS = ("policies", "eval/sim", "profiles", "eval/workloads.py", "eval/slo.py", "eval/metrics.py",
                      "data/profiles", "predictors/bounds.py", "predictors/models", "eval/cacheopt_eval.py",
                      "eval/accelgen_eval.py", "eval/figures/cells.py")  # fmt: skip
 BURST = "burst"  # a rate meaning "every request arrives at t = 0"
@@ -126,12 +126,11 @@ def _estimator(pred: dict[str, Any], specs: list, rate: float, seed: int) -> Cal
 
 def run_sim(params: dict[str, Any]) -> dict[str, Any]:
     """Compute one simulation cell (pure: same params and code, same result)."""
-    from eval import profiles
+    import profiles
     from eval.metrics import summarize_by_class
-    from eval.sim import Simulator
+    from eval.sim import Simulator, make_policy
     from eval.slo import parse_slo
     from eval.workloads import load_workload
-    from policies import base
     from policies.config import POLICY_CHOICES, from_flat
 
     t0 = time.perf_counter()
@@ -146,8 +145,11 @@ def run_sim(params: dict[str, Any]) -> dict[str, Any]:
     flags = dict(params["flags"])
     if params["policy"] in POLICY_CHOICES:
         flags.setdefault("ext_policy", params["policy"])
-    opts = {"config": from_flat(flags), **params["options"]}
-    pol = base.create(params["policy"], prof, **opts)
+    unknown = set(params["options"]) - {"token_budget"}
+    if unknown:
+        raise ValueError(f"cell options {sorted(unknown)}: only token_budget (a fixed chunk) is known")
+    pol = make_policy(params["policy"], prof, from_flat(flags), page_size=params["page_size"],
+                      chunk=params["options"].get("token_budget"))  # fmt: skip
     rate = float(len(specs)) if burst else float(params["rate"])
     est = _estimator(params["predictor"], specs, rate, params["seed"]) if params["predictor"] else None
     pool = params["pool_tokens"] or prof.kv_capacity_tokens

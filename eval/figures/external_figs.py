@@ -109,7 +109,7 @@ def simulator_fidelity(ctx: Context) -> dict[str, Any]:
 
 
 def cpu_profiles() -> list[str]:
-    """Every fitted CPU profile (eval.profiles): each is checked against the same live run."""
-    from eval import profiles
+    """Every fitted CPU profile (profiles): each is checked against the same live run."""
+    import profiles
 
     return [p for p in profiles.available() if p.startswith("cpu")]

@@ -69,7 +69,7 @@ def server_args(device: str, path: Path, pool_tokens: int, extra: list[str]) -> 
 
 def workload(name: str, n: int, rate: float, seed: int, scale: float, max_context: int, slo: str,
              slo_profile: str | None) -> list[RequestSpec]:  # fmt: skip
-    from eval import profiles
+    import profiles
     from eval.slo import parse_slo
 
     lat = profiles.get(slo_profile) if slo_profile else None

@@ -295,7 +295,7 @@ def render(out: Path, report: Path, figures: dict[str, Any], run: dict[str, Any]
         f"{run['cells_cached']} read from the cache; code fingerprint `{run['fingerprint']}`, commit "
         f"`{run['commit']}`). Every number below comes from this run's figure JSONs in `{out}`.",
         "",
-        "Simulator: GPU latency profiles derived from FLOPs/bytes (eval.profiles), real length data (eval.workloads),"
+        "Simulator: GPU latency profiles derived from FLOPs/bytes (profiles), real length data (eval.workloads),"
         " Poisson arrivals with fixed seeds, SLO classes relative to isolated latency (eval.slo); stock SGLang is "
         "the `sglang` baseline policy. Ratios are baseline / ours for latencies and ours / baseline otherwise; "
         "'points' are percentage points of attainment. The CacheOPT paper reports p95 tails vs vLLM-family "

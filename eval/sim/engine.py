@@ -78,6 +78,11 @@ class Simulator(KVOps):
         max_iterations: int = 100_000_000,
         prefix_cache: bool = True,
     ) -> None:
+        if policy.host.page_size != page_size:
+            raise ValueError(
+                f"policy {policy.name!r} was built for page size {policy.host.page_size}, the simulator runs "
+                f"{page_size}: build it with eval.sim.make_policy(..., page_size={page_size})"
+            )
         self.policy = policy
         self.latency = latency
         self.pool = KVPool(pool_tokens, page_size, 4 * pool_tokens if host_tokens is None else host_tokens)

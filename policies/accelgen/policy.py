@@ -26,15 +26,13 @@ Online refit (A1): a host that measures its iterations calls :meth:`AccelGenPoli
 
 from __future__ import annotations
 
-from typing import Any
-
 from policies.accelgen.chunk import ChunkSizer, min_feasible_tbt_ms
 from policies.accelgen.gate import DemandKVGate
 from policies.accelgen.packing import pack
 from policies.accelgen.priority import Candidate, order_waiting
 from policies.base import Policy, register
-from policies.common import config_of
-from policies.config import AccelGenConfig
+from policies.capabilities import HostCapabilities
+from policies.config import AccelGenConfig, ExtConfig
 from policies.kv_gate import KVGate
 from policies.latency import BatchShape, IterationLatencyModel, LatencyModel, OnlineLatencyFitter
 from policies.views import IterationPlan, Preempt, SchedulerView
@@ -42,21 +40,33 @@ from policies.views import IterationPlan, Preempt, SchedulerView
 
 @register("accelgen")
 class AccelGenPolicy(Policy):
-    """AccelGen A1-A3 (see module docstring). Options: ``config`` (ExtConfig), ``gate`` (a :class:`KVGate`),
-    ``online_refit`` (bool, default False: the simulator's model is exact; the server turns it on)."""
+    """AccelGen A1-A3 (see module docstring). ``gate``: the :class:`KVGate` that makes the KV decisions (default
+    :class:`DemandKVGate`). The online refit runs when ``--ext-accelgen-online-refit`` is on and the host measures
+    its iterations."""
 
-    def __init__(self, latency: LatencyModel, **options: Any) -> None:
-        super().__init__(latency, **options)
-        self.cfg: AccelGenConfig = config_of(options).accelgen
-        self.gate: KVGate = options.get("gate") or DemandKVGate()
+    def __init__(
+        self,
+        latency: LatencyModel,
+        config: ExtConfig | None = None,
+        host: HostCapabilities | None = None,
+        gate: KVGate | None = None,
+    ) -> None:
+        super().__init__(latency, config, host)
+        self.cfg: AccelGenConfig = self.config.accelgen
+        self.gate: KVGate = gate if gate is not None else DemandKVGate()
         self.sizer = ChunkSizer(latency, self.cfg.min_budget, self.cfg.max_budget)
         self.fitter: OnlineLatencyFitter | None = None
         base_model = latency if isinstance(latency, IterationLatencyModel) else getattr(latency, "latency", None)
-        if options.get("online_refit") and isinstance(base_model, IterationLatencyModel):  # a profile wraps one
+        refit = self.cfg.online_refit and self.host.measures_iterations
+        if refit and isinstance(base_model, IterationLatencyModel):  # a profile wraps one
             self.fitter = OnlineLatencyFitter(base_model, refit_every=self.cfg.refit_interval)
         self._min_tbt_cache: dict[int, float] = {}
         self.packing = True  # subclasses that fix their own order (the Oracle) turn A3's window off
         self.strict = False  # ... and stop at the first refusal instead of backfilling
+
+    @classmethod
+    def needs_mixed_chunk(cls, config: ExtConfig) -> bool:
+        return True  # every plan is mixed: decodes first, then chunks in the budget left (A1)
 
     # --- A1 online refit --------------------------------------------------------------------------------------
     def observe_iteration(self, shape: BatchShape, seconds: float) -> None:

@@ -13,11 +13,10 @@ counted in ``notes['never_fit']`` so the host can reject it with a reason.
 
 from __future__ import annotations
 
-from typing import Any
-
 from policies.base import Policy, register
 from policies.cacheopt.allocation import order_waiting
 from policies.cacheopt.gate import CacheOptGate
+from policies.capabilities import HostCapabilities
 from policies.config import ExtConfig
 from policies.latency import LatencyModel
 from policies.views import Admit, IterationPlan, Preempt, SchedulerView, WaitingView
@@ -28,16 +27,16 @@ _TOTALS = (*_PLAN_TOTALS, "preempt_swap", "preempt_recompute")
 
 @register("cacheopt")
 class CacheOptPolicy(Policy):
-    """Options: ``config`` (an :class:`ExtConfig`; default: all defaults) and ``reserve_tokens`` (the predictor
-    service's reservation decision, overriding ``--ext-cacheopt-reserve-tokens``)."""
+    """The global reserve's size is ``--ext-cacheopt-reserve-tokens`` unless the host passes the predictor
+    service's live decision in ``PoolView.reserve_tokens``."""
 
-    def __init__(self, latency: LatencyModel, **options: Any) -> None:
-        super().__init__(latency, **options)
-        config: ExtConfig = options.get("config") or ExtConfig()
-        self.config = config
-        self.cfg = config.cacheopt
-        self.chunk = config.sglang.chunked_prefill_size
-        self.gate = CacheOptGate(config.cacheopt, latency, reserve_tokens=options.get("reserve_tokens"))
+    def __init__(
+        self, latency: LatencyModel, config: ExtConfig | None = None, host: HostCapabilities | None = None
+    ) -> None:
+        super().__init__(latency, config, host)
+        self.cfg = self.config.cacheopt
+        self.chunk = self.host.chunked_prefill_size or self.config.sglang.chunked_prefill_size
+        self.gate = CacheOptGate(self.cfg, latency)
         self._prefill_memo: dict[tuple[str, int, int], float] = {}
         self.totals: dict[str, float] = dict.fromkeys(_TOTALS, 0.0)  # decision counters over the whole run
 
@@ -64,7 +63,7 @@ class CacheOptPolicy(Policy):
             admits.append(a)
             budget -= chunk
             prefill += chunk
-        run_decodes = self.cfg.mixed_chunk or prefill == 0
+        run_decodes = self.mixed or prefill == 0
         notes = dict(gate.counters)
         notes["never_fit"] = float(never_fit)
         totals = self.totals
@@ -77,6 +76,10 @@ class CacheOptPolicy(Policy):
             run_decodes=run_decodes,
             notes=notes,
         )
+
+    @classmethod
+    def needs_mixed_chunk(cls, config: ExtConfig) -> bool:
+        return config.cacheopt.mixed_chunk
 
     def choose_victims(self, view: SchedulerView, tokens_needed: int) -> tuple[Preempt, ...]:
         out = self.gate.victims(view, tokens_needed)

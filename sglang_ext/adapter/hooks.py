@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from policies.views import SLO
+from sglang_ext.adapter import translate
 from sglang_ext.adapter.state import Adapter
 
 logger = logging.getLogger("sglang_ext")
@@ -32,15 +33,7 @@ def after_scheduler_init(result: Any, sched: Any, *args: Any, **kwargs: Any) -> 
     cfg = config.current()
     if not cfg.enabled:
         return
-    _ADAPTER = Adapter(
-        cfg,
-        {
-            "chunked_prefill_size": sched.chunked_prefill_size,
-            "max_prefill_tokens": getattr(sched, "max_prefill_tokens", None),
-            "max_running_requests": getattr(sched, "max_running_requests", None),
-            "online_refit": True,
-        },
-    )
+    _ADAPTER = Adapter(cfg, translate.capabilities(sched))
     from sglang_ext.adapter.prefill import PolicyPrefillAdder
 
     PolicyPrefillAdder.adapter = _ADAPTER

@@ -15,6 +15,7 @@ from collections import Counter, deque
 from typing import Any
 
 from policies import base as policy_registry
+from policies.capabilities import HostCapabilities
 from policies.config import ExtConfig
 from policies.latency import BatchShape
 from policies.views import SLO, IterationPlan, LengthEstimate, PreemptMode, SchedulerView
@@ -29,20 +30,19 @@ IDLE_FACTOR = 5.0  # a period this many times the predicted iteration time conta
 
 
 def _latency_model(cfg: ExtConfig) -> Any:
-    from eval.profiles import get
+    from profiles import get
 
     return get(cfg.latency_profile)
 
 
 class Adapter:
-    def __init__(self, cfg: ExtConfig, server_options: dict[str, Any] | None = None) -> None:
-        """``server_options``: SGLang settings the policy must mirror (chunked prefill size, max prefill tokens,
-        max running requests), read from the running scheduler."""
+    def __init__(self, cfg: ExtConfig, caps: HostCapabilities | None = None) -> None:
+        """``caps``: what the running scheduler offers (its chunk, page size, batching mode, ...)."""
         self.cfg = cfg
         self.t0 = time.monotonic()
         self.latency = _latency_model(cfg)
-        opts = {k: v for k, v in (server_options or {}).items() if v is not None}
-        self.policy = policy_registry.create(cfg.policy, self.latency, config=cfg, **opts)
+        self.caps = caps if caps is not None else HostCapabilities()
+        self.policy = policy_registry.create(cfg.policy, self.latency, cfg, self.caps)
         self.default_slo = SLO(cfg.default_ttft_slo_ms or None, cfg.default_tbt_slo_ms or None)
         self.arrival: dict[str, float] = {}
         self.first_token: dict[str, float] = {}

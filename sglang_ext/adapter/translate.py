@@ -5,10 +5,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from policies.capabilities import HostCapabilities
 from policies.latency import BatchShape
 from policies.views import SLO, LengthEstimate, PoolView, RunningView, SchedulerView, WaitingView
 
 SLO_KEYS = ("ttft_slo_ms", "tbt_slo_ms")
+
+
+def capabilities(sched: Any) -> HostCapabilities:
+    """What this SGLang scheduler offers a policy, read from its own settings. Swap (C5) needs a host KV buffer
+    the adapter does not drive yet, so it is declared unavailable and C5 decides recompute."""
+    model_config = getattr(sched, "model_config", None)
+    running = getattr(sched, "max_running_requests", None)
+    return HostCapabilities(
+        page_size=int(getattr(sched, "page_size", 1) or 1),
+        chunked_prefill_size=getattr(sched, "chunked_prefill_size", None) or None,
+        max_prefill_tokens=int(getattr(sched, "max_prefill_tokens", None) or 16384),
+        max_running_requests=int(running) if running else None,
+        mixed_chunk=bool(getattr(sched, "is_mixed_chunk", False)),
+        swap=False,
+        measures_iterations=True,
+        context_len=getattr(model_config, "context_len", None),
+    )
 
 
 def request_slo(req: Any, default: SLO) -> SLO:

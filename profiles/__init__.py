@@ -1,6 +1,6 @@
 """Named latency profiles for the simulator and the policies: ``get(name)`` / ``available()``.
 
-Two kinds: GPU profiles derived from FLOPs and bytes (``<gpu>-<model>``, eval/profiles/gpu.py), and fitted
+Two kinds: GPU profiles derived from FLOPs and bytes (``<gpu>-<model>``, profiles/gpu.py), and fitted
 profiles stored as JSON under data/profiles/ (``cpu-tiny``, and GPU calibrations once measured). Both carry an
 :class:`IterationLatencyModel` and the KV pool size (tokens) the simulator defaults to.
 """
@@ -16,7 +16,7 @@ from policies.latency import BatchShape, IterationLatencyModel
 
 from .gpu import derive, gpu_profile_names
 
-PROFILE_DIR = Path(__file__).resolve().parents[2] / "data" / "profiles"
+PROFILE_DIR = Path(__file__).resolve().parents[1] / "data" / "profiles"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""``python -m eval.profiles [NAME ...]``: predicted iteration times of a few shapes per profile (markdown).
+"""``python -m profiles [NAME ...]``: predicted iteration times of a few shapes per profile (markdown).
 
-``python -m eval.profiles --bench``: cost of the per-iteration chunk-sizing call (A1 budget: <= 50 us) and of one
+``python -m profiles --bench``: cost of the per-iteration chunk-sizing call (A1 budget: <= 50 us) and of one
 online refit over a full window.
 """
 
@@ -11,7 +11,7 @@ import timeit
 
 import numpy as np
 
-from eval import profiles
+import profiles
 from policies.latency import BatchShape, OnlineLatencyFitter
 
 SHAPES = {

@@ -54,7 +54,7 @@ def gpu_profile_names() -> list[str]:
 
 
 def derive(name: str) -> dict:
-    """Keyword arguments of a :class:`eval.profiles.Profile` for ``<gpu>-<model>``."""
+    """Keyword arguments of a :class:`profiles.Profile` for ``<gpu>-<model>``."""
     g, m = name.split("-", 1)
     gpu, model, eff = GPUS[g], MODELS[m], EFFICIENCY[g]
     return {

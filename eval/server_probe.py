@@ -12,7 +12,7 @@ seen there (scheduler, attention backend and HTTP streaming included), not to a 
   while B is in flight minus A's median gap is the prefill iteration.
 
 Writes the same ``*.measured.json`` format as scripts/profile_iterations.py; scripts/fit_profile.py fits it.
-    python -m eval.profiles.server_probe --out data/profiles/cpu-tiny.measured.json
+    python -m eval.server_probe --out data/profiles/cpu-tiny.measured.json
 """
 
 from __future__ import annotations
