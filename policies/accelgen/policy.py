@@ -197,8 +197,16 @@ class AccelGenPolicy(Policy):
             notes["binding_ms"] = binding_ms
         if best_effort:
             notes["best_effort"] = float(best_effort)
+        hold = getattr(self.gate, "hold", None)  # gates that reserve future KV (CacheOPT's) state what they hold
+        draws = getattr(self.gate, "reserve_draws", None)
         return IterationPlan(
-            admit=tuple(admits), token_budget=budget, topups=self.gate.topups(), run_decodes=True, notes=notes
+            admit=tuple(admits),
+            token_budget=budget,
+            topups=self.gate.topups(),
+            reserve_draws=draws() if draws is not None else (),
+            kv_hold=hold() if hold is not None else None,
+            run_decodes=True,
+            notes=notes,
         )
 
     def choose_victims(self, view: SchedulerView, tokens_needed: int) -> tuple[Preempt, ...]:

@@ -36,7 +36,7 @@ class CacheOptPolicy(Policy):
         super().__init__(latency, config, host)
         self.cfg = self.config.cacheopt
         self.chunk = self.host.chunked_prefill_size or self.config.sglang.chunked_prefill_size
-        self.gate = CacheOptGate(self.cfg, latency)
+        self.gate = CacheOptGate(self.cfg, latency, mixed=self.mixed, swap=self.host.swap)
         self._prefill_memo: dict[tuple[str, int, int], float] = {}
         self.totals: dict[str, float] = dict.fromkeys(_TOTALS, 0.0)  # decision counters over the whole run
 
@@ -73,6 +73,8 @@ class CacheOptPolicy(Policy):
             admit=tuple(admits),
             token_budget=prefill + (len(view.running) if run_decodes else 0),
             topups=gate.topups(),
+            reserve_draws=gate.reserve_draws(),
+            kv_hold=gate.hold(),
             run_decodes=run_decodes,
             notes=notes,
         )
