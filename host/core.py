@@ -41,6 +41,7 @@ class AllocationFields:
     kv_lent: int = 0
     lender: str | None = None
     reserve_drawn: int = 0
+    cached: int | None = None  # the prefix cached at admission (None: no allocation)
 
 
 class HostCore:
@@ -76,7 +77,7 @@ class HostCore:
         e = self.ledger.get(rid)
         if e is None:
             return AllocationFields(kv_used)
-        return AllocationFields(max(e.cached + e.alloc, kv_used), self.ledger.lent(rid), e.lender, e.drawn)
+        return AllocationFields(max(e.cached + e.alloc, kv_used), self.ledger.lent(rid), e.lender, e.drawn, e.cached)
 
     # --- planning ----------------------------------------------------------------------------------------------
     def plan(self, view: SchedulerView) -> IterationPlan:
@@ -121,7 +122,7 @@ class HostCore:
         prompt_private = max(w.seq_len - w.cached_len, 0)
         output = max(admit.reserve_tokens - prompt_private, 0)
         self.ledger.commit(admit.rid, max(admit.reserve_tokens, 0), w.cached_len, admit.host_rid, output)
-        self.counters["admits"] += 1
+        self.counters["admitted"] += 1
         if admit.host_rid is not None:
             self.counters["reuse_admits"] += 1
             self.counters["reused_tokens"] += max(admit.reserve_tokens, 0)
@@ -145,8 +146,11 @@ class HostCore:
         self.policy.on_finish(rid, output_len)
         self.counters["finished"] += 1
 
-    def aborted(self, rid: str) -> None:
+    def aborted(self, rid: str, output_len: int = 0) -> None:
+        """The request left without finishing (aborted by the engine or the client): its allocation returns and
+        the policy learns it left (``on_finish`` with what it produced)."""
         self.ledger.release(rid)
+        self.policy.on_finish(rid, output_len)
         self.counters["aborted"] += 1
 
     # --- measurements -------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ class WaitingView:
     slo: SLO = SLO()
     cached_len: int = 0  # prompt tokens already held by the radix prefix cache
     output_len: int = 0  # tokens generated before a preemption (recompute re-prefills prompt + these)
-    prefilled_len: int = 0  # tokens of an in-progress chunked prefill already in the KV pool
+    prefilled_len: int = 0  # mid-prefill: tokens of the sequence already in the KV pool, its cached prefix included
     estimate: LengthEstimate | None = None
     swapped_out: bool = False  # KV sits in host memory: resuming is a swap-in, not a prefill
     first_token_s: float | None = None  # set when the request already produced tokens before a preemption

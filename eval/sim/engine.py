@@ -118,7 +118,7 @@ class Simulator(KVOps):
             if not (self.waiting or self.prefilling or self.running):
                 if i >= n:
                     break
-                self.policy.plan(self._view())  # an idle scheduling point (SGLang resets its ratio here)
+                self.core.plan(self._view())  # an idle scheduling point (SGLang resets its ratio here)
                 self.now = todo[i].arrival_s
                 continue
             if not self._iterate():
@@ -388,7 +388,7 @@ class Simulator(KVOps):
                 r = next(reversed(self.running.values()))
                 del self.running[r.rid]
                 self._release_device(r)
-                self.core.aborted(r.rid)
+                self.core.aborted(r.rid, r.output_len)
                 r.state = rq.DONE
                 r.record.error = "aborted: out of KV memory even after retracting the other requests"
                 self.stats.aborted += 1

@@ -149,7 +149,7 @@ class AccelGenPolicy(Policy):
         limit_s, best_effort = self.iteration_limit_s(view, decode_ctx)
         nd = len(decode_ctx)
         chunked = next((w for w in view.waiting if w.rid == view.chunked_rid), None)
-        chunk_ctx = chunked.cached_len + chunked.prefilled_len if chunked is not None else 0
+        chunk_ctx = max(chunked.cached_len, chunked.prefilled_len) if chunked is not None else 0
         budget = self.sizer.budget(limit_s, decode_ctx, chunk_ctx) if cfg.dynamic_chunk else max(cfg.pivot_tokens, nd)
         spt = 0.0
         if view.waiting and budget > nd:

@@ -105,7 +105,7 @@ def order_waiting(
         if ttft is None:
             slack = inf
         else:
-            ctx = w.cached_len + w.prefilled_len
+            ctx = max(w.cached_len, w.prefilled_len)
             k = (w.rid, w.seq_len - ctx, ctx)
             t = memo.get(k)
             if t is None:

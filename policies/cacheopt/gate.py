@@ -118,7 +118,8 @@ class CacheOptGate:
         self._topups, self._draws = [], []
         if cfg.topup and running:
             unallocated = avail - growth - reserve
-            for i in np.argsort(rooms, kind="stable"):
+            # least room first; ties by arrival and id (not by how the host lists its batch)
+            for i in sorted(range(len(running)), key=lambda k: (rooms[k], running[k].arrival_s, running[k].rid)):
                 if rooms[i] >= cfg.topup_horizon:
                     break
                 r = running[i]
@@ -157,9 +158,14 @@ class CacheOptGate:
         swap_in = req.swapped_out and prefill_tokens == 0
         placed = req.seq_len - req.cached_len if swap_in else prefill_tokens
         immediate = ceil_page(placed, page) + page  # its KV now and the page of its first decode
-        if req.kv_allocated > 0 and not req.swapped_out:  # a chunk of an admitted request continues
-            if immediate > self._phys or immediate >= self._remaining:
-                return None
+        if req.kv_allocated > 0 and not req.swapped_out:
+            # A chunk of an admitted request continues first, as SGLang's ``add_chunked_req`` does whatever the
+            # plan says; its size follows SGLang's rule: cut to the budget's remaining when that is positive.
+            if 0 < self._remaining < prefill_tokens:
+                prefill_tokens = max(self._remaining // page * page, 1)
+                immediate = ceil_page(prefill_tokens, page) + page
+            if immediate > self._phys:
+                return None  # physically impossible: the running batch must shrink first
             self._phys -= immediate
             self._remaining -= immediate
             alloc = req.kv_allocated - req.cached_len

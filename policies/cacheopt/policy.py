@@ -53,7 +53,7 @@ class CacheOptPolicy(Policy):
             if req.swapped_out and req.prefilled_len == 0:
                 chunk = 0  # resumed by swap-in: KV comes back over PCIe, no forward tokens
             else:
-                chunk = min(max(req.seq_len - req.cached_len - req.prefilled_len, 1), budget)
+                chunk = min(max(req.seq_len - max(req.prefilled_len, req.cached_len), 1), budget)
             a = gate.admit(req, chunk)
             if a is None:
                 if gate.permanent_reject:
@@ -61,8 +61,8 @@ class CacheOptPolicy(Policy):
                     continue
                 break
             admits.append(a)
-            budget -= chunk
-            prefill += chunk
+            budget -= a.prefill_tokens
+            prefill += a.prefill_tokens
         run_decodes = self.mixed or prefill == 0
         notes = dict(gate.counters)
         notes["never_fit"] = float(never_fit)

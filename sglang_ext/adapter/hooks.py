@@ -47,6 +47,11 @@ def around_prefill_raw(original: Any, sched: Any, *args: Any, **kwargs: Any) -> 
     # Planned every iteration SGLang considers a prefill (also with an empty queue): stateful policies (the
     # sglang baseline's ratio decay, AccelGen's refit) see every iteration, as in the simulator.
     plan = a.make_plan(sched, running_batch)
+    if plan.admit and a.holds_budget():
+        # SGLang's "batch is full" verdict comes from its own accounting of an earlier pass; a policy that owns
+        # the KV accounting has just decided this pass's admissions, so they are tried (SGLang's budget, fed the
+        # plan's numbers, still checks every one).
+        running_batch.batch_is_full = False
     saved = sched.chunked_prefill_size
     if plan.token_budget is not None and saved is not None:
         sched.chunked_prefill_size = max(int(plan.token_budget), 1)
@@ -86,7 +91,7 @@ def around_retract_decode(original: Any, batch: Any, *args: Any, **kwargs: Any) 
     finally:
         _RETRACTING.pop()
     if _ADAPTER is not None:
-        _ADAPTER.counters["retractions"] += len(result[0])
+        _ADAPTER.on_retracted(list(result[0]))
     return result
 
 
@@ -106,6 +111,12 @@ def around_run_batch(original: Any, sched: Any, batch: Any, *args: Any, **kwargs
 def after_add_request(result: Any, sched: Any, req: Any, *args: Any, **kwargs: Any) -> None:
     if _ADAPTER is not None:
         _ADAPTER.on_arrival(req)
+
+
+def after_release_kv_cache(result: Any, req: Any, *args: Any, **kwargs: Any) -> None:
+    """A request's KV is released; when it finished (not a retraction), its exact output length is final."""
+    if _ADAPTER is not None and req.finished():
+        _ADAPTER.on_finished(req)
 
 
 def after_sampling_verify(result: Any, params: Any, *args: Any, **kwargs: Any) -> None:
@@ -135,4 +146,5 @@ SCHEDULER_HOOKS = (
     (f"{BATCH}.retract_decode", around_retract_decode, "AROUND"),
     (f"{BATCH}._get_decode_retraction_order", around_retraction_order, "AROUND"),
     ("sglang.srt.sampling.sampling_params.SamplingParams.verify", after_sampling_verify, "AFTER"),
+    ("sglang.srt.mem_cache.common.release_kv_cache", after_release_kv_cache, "AFTER"),
 )
