@@ -34,7 +34,7 @@ def test_row_quantile_equals_conditional_quantile(d, q, produced) -> None:
 
 def test_grid_and_refinement() -> None:
     g = step_grid(1000)
-    assert g[0] == 0 and g[1] == 1 and g[-1] == 1000 and np.all(np.diff(g) > 0)
+    assert g[0] == 0 and g[1] == 1 and 1000 <= g[-1] <= 1050 and np.all(np.diff(g) > 0)  # horizon in a 5% bucket
     r = refined_grid(g, int(np.searchsorted(g, 200)))
     assert r.size > g.size and set(g) <= set(r)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 from scipy.special import ndtr
@@ -38,10 +39,18 @@ REFINE_POINTS = 12  # extra steps around the coarse grid's peak (a sharp sawtoot
 
 
 def step_grid(horizon: int, points: int = GRID_POINTS) -> np.ndarray:
-    """0, 1 and a geometric grid up to ``horizon`` decode steps (distinct integers)."""
-    horizon = max(int(horizon), 2)
+    """0, 1 and a geometric grid up to ``horizon`` decode steps (distinct integers; the horizon is rounded up to a
+    5% bucket so the grid is built once per bucket). Read-only."""
+    bucket = 1.05 ** math.ceil(math.log(max(int(horizon), 2)) / math.log(1.05))
+    return _grid(math.ceil(bucket), points)
+
+
+@lru_cache(maxsize=256)
+def _grid(horizon: int, points: int) -> np.ndarray:
     g = np.unique(np.rint(np.geomspace(1, horizon, max(points - 1, 2))).astype(np.int64))
-    return np.concatenate([[0], g])
+    out = np.concatenate([[0], g])
+    out.setflags(write=False)
+    return out
 
 
 def refined_grid(grid: np.ndarray, at: int, points: int = REFINE_POINTS) -> np.ndarray:
@@ -60,8 +69,10 @@ def horizon_steps(table: LengthTable, produced: np.ndarray, cap_left: np.ndarray
     if produced.size == 0:
         return 16
     q = table.quantile_at(3.09)  # z of 0.999
-    rem = np.where(q > produced, q - produced, produced * 0.5 + 64.0)  # beyond its tail: it goes on a while
-    rem = np.where(fixed >= 0, fixed, np.minimum(rem, cap_left))
+    rem = q - produced
+    np.copyto(rem, produced * 0.5 + 64.0, where=rem <= 0)  # beyond its tail: it goes on a while
+    np.minimum(rem, cap_left, out=rem)
+    np.copyto(rem, fixed, where=fixed >= 0)
     return int(max(float(rem.max()), 16.0))
 
 
@@ -93,12 +104,15 @@ class LengthTable:
         logs, zs = self.logs, self.zs
         if zs.size == 1:
             return np.exp(logs[:, 0])
-        k = int(np.clip(np.searchsorted(zs, z) - 1, 0, zs.size - 2))
-        slope = (logs[:, k + 1] - logs[:, k]) / (zs[k + 1] - zs[k])
-        return np.exp(logs[:, k] + (z - zs[k]) * slope)
+        k = min(max(int(np.searchsorted(zs, z)) - 1, 0), zs.size - 2)
+        return np.exp(logs[:, k] + (z - zs[k]) / (zs[k + 1] - zs[k]) * (logs[:, k + 1] - logs[:, k]))
 
     def survival(self, x: np.ndarray) -> np.ndarray:
-        """P(L_i > x_i...) for ``x`` of shape (n,) or (n, k): row i of ``x`` against distribution i."""
+        """P(L_i > x_i...) for ``x`` of shape (n,) or (n, k): row i of ``x`` against distribution i.
+
+        The normal score is piecewise linear in log x: the first knot's score, plus each segment's slope times the
+        part of the segment below x, extended linearly beyond the outer knots (2-D operations per segment, no
+        gather: this runs for every live request on every grid step)."""
         logs, zs = self.logs, self.zs
         lx = np.log(np.maximum(x, 1.0))
         squeeze = lx.ndim == 1
@@ -108,16 +122,13 @@ class LengthTable:
         if m == 1:
             z = np.where(lx < logs[:, :1], -6.0, 6.0)
         else:
-            dz = np.diff(zs)
             dl = np.diff(logs, axis=1)
-            slope = np.divide(dz, dl, out=np.full_like(dl, 1e6), where=dl > 1e-12)  # dz / dlog per segment
-            # segment index per (i, k): the last knot at or below lx, clipped to a valid segment
-            seg = (lx[:, :, None] >= logs[:, None, :]).sum(axis=2) - 1
-            seg = np.clip(seg, 0, m - 2)
-            rows = np.arange(logs.shape[0])[:, None]
-            l0 = logs[rows, seg]
-            z = zs[seg] + (lx - l0) * slope[rows, seg]
-        z = np.clip(z, -6.0, 6.0)
+            slope = np.divide(np.diff(zs)[None, :], dl, out=np.full_like(dl, 1e6), where=dl > 1e-12)
+            z = zs[0] + slope[:, :1] * np.minimum(lx - logs[:, :1], 0.0)
+            for j in range(m - 1):
+                z += slope[:, j : j + 1] * np.clip(lx - logs[:, j : j + 1], 0.0, dl[:, j : j + 1])
+            z += slope[:, m - 2 : m - 1] * np.maximum(lx - logs[:, m - 1 : m], 0.0)
+        np.clip(z, -6.0, 6.0, out=z)
         s = ndtr(-z)
         return s[:, 0] if squeeze else s
 
