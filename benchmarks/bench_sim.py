@@ -16,7 +16,7 @@ import statistics
 import time
 
 import profiles
-from eval.sim import Simulator
+from eval.sim import Simulator, make_policy
 from eval.workloads import load_workload
 from policies.base import available, create
 from policies.views import LengthEstimate, PoolView, RunningView, SchedulerView, WaitingView
@@ -27,7 +27,7 @@ BASELINES = ("sglang", "vllm", "sarathi")
 def sim_rate(policy: str, n: int, rate: float | None) -> tuple[float, dict]:
     prof = profiles.get("h100-llama3-8b")
     specs = load_workload("azure-conv", num_requests=n, rate=rate, seed=0)
-    sim = Simulator(create(policy, prof), prof, pool_tokens=prof.kv_capacity_tokens, page_size=16)
+    sim = Simulator(make_policy(policy, prof, page_size=16), prof, pool_tokens=prof.kv_capacity_tokens, page_size=16)
     t0 = time.process_time()
     res = sim.run(specs)
     cpu = time.process_time() - t0
