@@ -267,10 +267,13 @@ class Featurizer:
         if sizes.min() == 0:
             raise FeatureError("empty prompt (no token ids)")
         try:
-            flat = np.concatenate([np.asarray(w, dtype=np.int64) for w in wins])
+            arrs = [np.asarray(w) for w in wins]
         except (TypeError, ValueError, OverflowError) as e:
             raise FeatureError(f"token ids must be flat lists of integers ({type(e).__name__})") from None
-        if flat.ndim != 1 or flat.min() < 0 or flat.max() >= self.vocab:
+        if any(a.ndim != 1 or a.dtype.kind not in "iu" for a in arrs):  # floats, bools, strings, nesting, > 64 bits
+            raise FeatureError("token ids must be flat lists of integers")
+        flat = np.concatenate(arrs).astype(np.int64)
+        if flat.min() < 0 or flat.max() >= self.vocab:
             raise FeatureError(f"token id out of range [0, {self.vocab})")
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         row = np.repeat(np.arange(n, dtype=np.int64), sizes)
