@@ -210,7 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     others = [s for s in SOURCES if s != a.train_source]
     model = train([str(DATA / f"alpacaeval_{a.train_source}.json")], None)
     static = StaticCalibration.from_json(model.calibration["quantile"])
-    (step, ls), grid = choose(build_stream(model, others, "calib", seed=1000), static)
+    grid: dict[str, Any] = {}
+    if a.step is None or a.lag_scale is None:
+        (step, ls), grid = choose(build_stream(model, others, "calib", seed=1000), static)
     step, ls = a.step if a.step is not None else step, a.lag_scale if a.lag_scale is not None else ls
     print(f"tracker step {step}, lag scale {ls} (validation stream on calib instructions)")
     out = Path(a.out)

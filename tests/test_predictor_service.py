@@ -229,3 +229,31 @@ def test_service_killed_during_load_loses_no_request(model_dir: str, tmp_path: P
     finally:
         proc.kill()
         proc.wait(5)
+
+
+def test_answers_carry_the_distribution_and_the_exact_final_length_reaches_the_service(
+    service: PredictorService,
+) -> None:
+    import numpy as np
+
+    c = PredictorClient(service.endpoint)
+    c.submit("x", text="Write a haiku about the sea", max_new_tokens=200, cls="poems")
+    end = time.monotonic() + 10
+    while c.estimate("x") is None and time.monotonic() < end:
+        c.poll()
+        time.sleep(0.005)
+    est = c.estimate("x")
+    assert est is not None and est.dist is not None and est.dist.levels == (0.5, 0.8, 0.9, 0.95, 0.99)
+    assert est.dist.quantile(0.99) <= 200 and abs(est.bound - est.dist.quantile(est.confidence)) <= 1
+    c.report_finish("x", 137)
+    c.report_finish("y", 12.5)  # not a length: refused here, never sent
+    c.report_finish("z", np.int64(5))  # a numpy integer is exact: sent (the service does not know "z")
+    end = time.monotonic() + 10
+    while service.counters["finishes"] < 2 and time.monotonic() < end:
+        c.poll()
+        time.sleep(0.005)
+    assert c.counters["finish_invalid"] == 1 and service.counters["finishes"] == 2
+    assert service.counters["finish_unknown_rid"] == 1
+    assert service.feedback[-1][2] == 137.0 and service.online.seen["poems"] == 1
+    assert service.online.misses["poems"].tolist() == [float(b < 137) for b in est.dist.values]
+    c.close()
