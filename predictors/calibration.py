@@ -104,7 +104,7 @@ class OnlineCalibrator:
     """Quantile tracking per class (module docstring). ``issue`` calibrates a batch and remembers what it issued;
     ``observe`` feeds a finished request's exact length back. Pure computation: no clock, no I/O."""
 
-    def __init__(self, static: StaticCalibration, step: float = 0.3, lag_scale: float = 2.0, clamp: float = 3.0,
+    def __init__(self, static: StaticCalibration, step: float = 0.2, lag_scale: float = 4.0, clamp: float = 3.0,
                  max_classes: int = 256, max_pending: int = 200_000, adapt: bool = True) -> None:  # fmt: skip
         if not (step >= 0 and math.isfinite(step)) or lag_scale <= 0 or clamp <= 0 or max_classes < 1:
             raise ValueError(f"OnlineCalibrator: step >= 0, lag_scale > 0, clamp > 0, max_classes >= 1; got "

@@ -36,6 +36,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -154,8 +155,8 @@ def requested_length(text: str) -> float:
 
 @dataclass(frozen=True)
 class _VocabTables:
-    """Per-piece lookups: cue bit mask; question/chat-start, newline, question-mark, unit-word, non-ASCII and
-    word-start flags."""
+    """Per-piece lookups: cue bit mask; question/chat-start, newline, question-mark, unit-word, non-ASCII,
+    word-start and number (digit or number word) flags."""
 
     cue_bits: np.ndarray
     q_start: np.ndarray
@@ -165,11 +166,12 @@ class _VocabTables:
     unit: np.ndarray
     non_ascii: np.ndarray
     word: np.ndarray
+    number: np.ndarray
 
     @classmethod
     def build(cls, sp: Any) -> _VocabTables:
         n = int(sp.vocab_size())
-        t = cls(np.zeros(n, dtype=np.int64), *(np.zeros(n, dtype=bool) for _ in range(7)))
+        t = cls(np.zeros(n, dtype=np.int64), *(np.zeros(n, dtype=bool) for _ in range(8)))
         words = [frozenset(ws.split()) for _, ws in _CUE_WORDS]
         for i in range(n):
             piece = sp.id_to_piece(i)
@@ -183,6 +185,7 @@ class _VocabTables:
             byte = piece.startswith("<0x") and piece.endswith(">")
             t.non_ascii[i] = (byte and int(piece[3:-1], 16) >= 0x80) or any(ord(c) > 0x7F for c in w)
             t.word[i] = piece.startswith(_WORD_START)
+            t.number[i] = w.isdigit() or w in _NUM_WORDS
         return t
 
 
@@ -266,13 +269,13 @@ class Featurizer:
         sizes = np.array([len(w) for w in wins], dtype=np.int64)
         if sizes.min() == 0:
             raise FeatureError("empty prompt (no token ids)")
-        try:
-            arrs = [np.asarray(w) for w in wins]
+        try:  # one conversion for the whole batch; a bad row fails it (the service then isolates that row)
+            flat = np.array(list(chain.from_iterable(wins)))
         except (TypeError, ValueError, OverflowError) as e:
             raise FeatureError(f"token ids must be flat lists of integers ({type(e).__name__})") from None
-        if any(a.ndim != 1 or a.dtype.kind not in "iu" for a in arrs):  # floats, bools, strings, nesting, > 64 bits
+        if flat.ndim != 1 or flat.dtype.kind not in "iu":  # floats, strings, nesting, ints beyond 64 bits
             raise FeatureError("token ids must be flat lists of integers")
-        flat = np.concatenate(arrs).astype(np.int64)
+        flat = flat.astype(np.int64)
         if flat.min() < 0 or flat.max() >= self.vocab:
             raise FeatureError(f"token id out of range [0, {self.vocab})")
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
@@ -285,7 +288,10 @@ class Featurizer:
         X[:, 1] = np.add.reduceat(nl, starts)
         X[:, 2] = np.add.reduceat(tb.qmark[flat], starts)
         req = np.zeros(n)
-        for i in np.flatnonzero(np.logical_or.reduceat(tb.unit[flat], starts)):  # rare: decode just these rows
+        num, near = tb.number[flat], np.zeros(flat.size, dtype=bool)
+        for k in (1, 2, 3):  # a unit word with a number at most 3 pieces before it, in the same prompt
+            near[k:] |= num[:-k] & (pos[k:] >= k)
+        for i in np.flatnonzero(np.logical_or.reduceat(tb.unit[flat] & near, starts)):  # rare: decode these rows
             req[i] = requested_length(self.sp.decode([int(t) for t in wins[i]]))
         X[:, 3], X[:, 4] = req > 0, np.log1p(req)
         last_nl = np.maximum.reduceat(np.where(nl, pos + 1, 0), starts)  # 0: no newline

@@ -5,8 +5,10 @@ Why quantiles of log length: response lengths are heavy-tailed (10 to 4000 token
 loss is taken on ``log1p(len)``; quantiles survive the monotone back-transform exactly, so the model's 0.5 quantile
 is the point estimate (the median minimises MAE) and its upper quantiles (0.8 ... 0.99) are each request's own
 predictive distribution, which :mod:`predictors.calibration` shifts to calibrated coverage. All levels live in one
-booster (``reg:quantileerror`` with a vector ``quantile_alpha``): one ``inplace_predict`` call per batch, faster
-than one booster per level (a single tree walk per row per round for all levels' leaves).
+booster (``reg:quantileerror`` with a vector ``quantile_alpha``) grown with ``multi_strategy="multi_output_tree"``:
+each round adds *one* tree whose leaves hold all five levels, so a batch costs one ``inplace_predict`` call walking
+150 trees, instead of 5 x 300 one-output trees (measured 2.7x faster at equal Kendall tau on the calibration split;
+one booster per level would walk as many trees as the one-output form).
 
 Inputs: the dense prompt features (:mod:`predictors.features`), the ridge text score (:mod:`predictors.ridge`) and
 the answer *source* as a one-hot (which model or deployment produces the answers: the same instruction gets 340
@@ -43,10 +45,10 @@ UNKNOWN = -1  # source index of a request naming no (known) source
 class TrainParams:
     """Booster and ridge settings. The booster reads ~40 dense columns (most of the text signal arrives through
     the one ridge column), so shallow trees suffice. Chosen on the calibration split's Kendall tau over two split
-    salts, never on test (depth 1-3, 200-500 rounds, column share 0.5-0.8, ridge lambda 0.1-1: all within 0.39-0.40,
-    i.e. noise), with predict cost in view (5 levels x 300 rounds of depth-2 trees per batch call)."""
+    salts, never on test (depth 1-3, 150-500 rounds, column share 0.5-0.8, ridge lambda 0.1-1, one- or multi-output
+    trees: all within 0.38-0.40, i.e. noise), with predict cost in view: 150 multi-output depth-2 trees."""
 
-    rounds: int = 300
+    rounds: int = 150
     max_depth: int = 2
     eta: float = 0.05
     subsample: float = 0.8
@@ -69,6 +71,7 @@ class TrainParams:
             "seed": self.seed,
             "nthread": 1,
             "tree_method": "hist",
+            "multi_strategy": "multi_output_tree",
         }
 
 

@@ -271,13 +271,13 @@ class PredictorService:
                 bounds = np.clip(np.ceil(quantile_at(dist, self.levels, conf)), 1, mnt).astype(np.int64)
             else:
                 bounds = self.calib.bounds(self.bound, pred.point, pred.spread, plen, mnt, conf)
+            raw_point, raw_spread = pred.point.tolist(), pred.spread.tolist()
+            points = np.minimum(np.maximum(np.rint(dist[:, 0]), 1), bounds).astype(np.int64).tolist()
+            qs, bl = dist.round(1).tolist(), bounds.tolist()
             for j, r in enumerate(sel):
-                b = int(bounds[j])
                 self.issued.pop(r[1], None)
-                self.issued[r[1]] = (float(pred.point[j]), float(pred.spread[j]), b)
-                point = int(min(max(round(float(dist[j, 0])), 1), b))
-                out[r[0]].append({"rid": r[1], "point": point, "bound": b, "conf": conf,
-                                  "q": dist[j].round(1).tolist()})  # fmt: skip
+                self.issued[r[1]] = (raw_point[j], raw_spread[j], bl[j])
+                out[r[0]].append({"rid": r[1], "point": points[j], "bound": bl[j], "conf": conf, "q": qs[j]})
             while len(self.issued) > MAX_ISSUED:
                 self.issued.popitem(last=False)
             self.counters["predictions"] += len(ok)

@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_stream_evaluation_writes_curves_and_online_beats_static(tmp_path: Path) -> None:
-    evaluate.main(["--stream", "--out", str(tmp_path), "--seeds", "1", "--delay", "0", "--step", "0.3",
-                   "--lag-scale", "2"])  # fmt: skip
+    evaluate.main(["--stream", "--out", str(tmp_path), "--seeds", "1", "--delay", "0", "--step", "0.2",
+                   "--lag-scale", "4"])  # fmt: skip
     doc = json.loads((tmp_path / "stream.json").read_text())
     assert (tmp_path / "stream-d0.png").stat().st_size > 10_000
     d = doc["delays"]["0"]
