@@ -13,8 +13,9 @@ Answers (protocol v2) carry the request's calibrated quantiles; :meth:`Predictor
 ``confidence``, so consumers of either form work.
 
 Robustness: a DEALER socket with linger 0, bounded queues (HWM) and non-blocking sends. Every submitted request
-stays *outstanding* until its answer arrives; outstanding requests are resent when (a) pongs stop for
-``dead_after_s`` (the socket is closed and recreated, then everything outstanding goes again), (b) a pong shows a new
+stays *outstanding* until its answer arrives; outstanding requests are resent when (a) the service leaves a message
+unanswered for ``dead_after_s`` (the socket is closed and recreated, then everything outstanding goes again; an idle
+scheduler that sends nothing never looks like a dead service), (b) a pong shows a new
 service instance (a restart: messages queued to the old one were lost), or (c) a send found the queue full. Answers
 are idempotent (a duplicate overwrites), so nothing is lost and nothing fails. The reservation decision (confidence,
 reserve tokens) expires ``reservation_ttl_s`` after it was received: a silent service cannot pin the pool to a stale
@@ -61,8 +62,8 @@ class PredictorClient:
         self.instance: str | None = None
         self.fallback_bound: int | None = None
         self._reservation: tuple[float, int] | None = None
-        self._reservation_at = 0.0
-        self._last_pong = self._last_ping = self.clock()
+        self._asked_at: float | None = None  # first send since the service last said anything (silence clock)
+        self._last_connect = self._last_ping = self.clock()
         self._connect()
 
     # -- connection -----------------------------------------------------------------------------------------------
@@ -81,10 +82,12 @@ class PredictorClient:
             self.sock = None
             self.counters["connect_errors"] += 1
             log.warning("predictor client: cannot connect %s: %s", self.endpoint, e)
-        self._last_pong = self.clock()  # grace period for the new connection
+        self._last_connect = self.clock()  # the next reconnect waits dead_after_s at least
         self.unsent.update(self.outstanding)
 
     def _send(self, msg: dict[str, Any]) -> bool:
+        if self._asked_at is None:  # a refused send counts too: a dead peer refuses them (IMMEDIATE)
+            self._asked_at = self.clock()
         if self.sock is None:
             return False
         try:
@@ -180,8 +183,9 @@ class PredictorClient:
 
     def reservation(self) -> tuple[float, int] | None:
         """Last (confidence, global reserve tokens) decided by the service; None before any, and None again once
-        it is older than ``reservation_ttl_s`` (the service went silent: the host falls back to its default)."""
-        if self._reservation is not None and self.clock() - self._reservation_at > self.reservation_ttl_s:
+        the service has left a message unanswered for ``reservation_ttl_s`` (it went silent: the host falls back to
+        its default). An idle host that asks nothing does not make the service look silent."""
+        if self._reservation is not None and self.silence() > self.reservation_ttl_s:
             self._reservation = None
             self.counters["reservation_expired"] += 1
             log.warning("predictor reservation expired (no reply for %.1fs): back to the configured default",
@@ -194,7 +198,12 @@ class PredictorClient:
             self.sock = None
 
     # -- internals ------------------------------------------------------------------------------------------------
+    def silence(self) -> float:
+        """Seconds since the first message sent after the service last said anything (0 when nothing is unanswered)."""
+        return 0.0 if self._asked_at is None else self.clock() - self._asked_at
+
     def _on_message(self, frame: bytes) -> None:
+        self._asked_at = None  # the service is alive (whatever it sent)
         try:
             msg = unpack(frame, types=REPLY_TYPES)
         except ProtocolError as e:
@@ -219,7 +228,6 @@ class PredictorClient:
             while len(self.answers) > self.max_known:
                 self.answers.popitem(last=False)
         elif t == "pong":
-            self._last_pong = self.clock()
             fb = msg.get("fallback_bound")
             self.fallback_bound = fb if isinstance(fb, int) and not isinstance(fb, bool) and fb > 0 else None
             if self.instance is not None and msg.get("instance") != self.instance:
@@ -229,7 +237,6 @@ class PredictorClient:
         elif t == "reservation":
             try:
                 self._reservation = (float(msg["conf"]), int(msg["reserve_tokens"]))
-                self._reservation_at = self.clock()
             except (KeyError, TypeError, ValueError, OverflowError):
                 self.counters["bad_replies"] += 1
         elif t == "error":
@@ -252,9 +259,9 @@ class PredictorClient:
 
     def _keepalive(self) -> None:
         now = self.clock()
-        if now - self._last_pong > self.dead_after_s:
+        if self.silence() > self.dead_after_s and now - self._last_connect > self.dead_after_s:
             self.counters["reconnects"] += 1
-            log.warning("predictor service silent for %.1fs: reconnecting", now - self._last_pong)
+            log.warning("predictor service silent for %.1fs: reconnecting", self.silence())
             self._connect()
         if now - self._last_ping >= self.ping_interval_s:
             self._last_ping = now

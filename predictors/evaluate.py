@@ -7,7 +7,8 @@ named (in distribution). Each ``--other`` file is evaluated with the source *hid
 model trained on one source, answers from a model it never saw). True lengths are Mistral-tokenizer counts
 (approximate for non-Mistral outputs), clipped to the model's ``max_new_tokens``.
 
-Per source: MAE of the median, Kendall's tau (scipy) between median and true, the spread of ``log(true/median)``,
+Per source: MAE of the median, Kendall's tau (scipy) between median and true (and, as a ceiling, the tau of the
+other files' mean log length for the same instructions), the spread of ``log(true/median)``,
 the coverage of the calibrated distribution at each of its levels, and per bound kind and q in ``--q``:
 coverage = share(true <= bound) and over-reservation = mean(bound - true) / mean(true), with ``conf = q`` (no load
 adaptation). Kind ``distribution`` is the calibrated distribution's q-quantile (what the service sends as
@@ -140,6 +141,20 @@ def test_rows(model: LengthModel, path: str, salt: str, cap: int) -> tuple[Featu
     return F, ps.output_len.astype(np.float64), plen
 
 
+def other_answers_tau(paths: list[str], salt: str, cap: int) -> dict[str, float]:
+    """A ceiling for ranking from the instruction: per file, Kendall tau between its test lengths and the mean log
+    length the *other* files' answers have for the same instructions (what a perfect instruction model could know)."""
+    sets = {Path(p).stem: load_prompts([p], salt=salt, max_new_tokens=cap) for p in paths}
+    logs = {k: {i: float(np.log(y)) for i, y, sp in zip(ps.instructions, ps.output_len, ps.split, strict=True)
+                if sp == "test"} for k, ps in sets.items()}  # fmt: skip
+    out = {}
+    for k, own in logs.items():
+        ins = [i for i in own if all(i in v for o, v in logs.items() if o != k)]
+        mean_other = [float(np.mean([v[i] for o, v in logs.items() if o != k])) for i in ins]
+        out[k] = float(kendalltau(mean_other, [own[i] for i in ins])[0])
+    return out
+
+
 def evaluate_model(model: LengthModel, data: list[str], others: list[str], qs: list[float]) -> dict[str, Any]:
     cap = int(model.meta.get("max_new_tokens", 4096))
     salt = model.meta.get("split_salt", "alpaca")
@@ -147,6 +162,9 @@ def evaluate_model(model: LengthModel, data: list[str], others: list[str], qs: l
     for path, named in [*((d, True) for d in data), *((o, False) for o in others)]:
         F, true, plen = test_rows(model, path, salt, cap)
         out[Path(path).stem] = evaluate_rows(model, F, true, plen, qs, cap, Path(path).stem if named else None)
+    if len(data) + len(others) > 1:
+        for k, tau in other_answers_tau([*data, *others], salt, cap).items():
+            out[k]["kendall_tau_of_other_answers"] = tau
     return out
 
 
@@ -225,8 +243,9 @@ def main(argv: list[str] | None = None) -> None:
                         f"over={v['over_mean']:.3f}+-{v['over_sd']:.3f} reduction={v['reduction_mean']:+.1%}"
                     )
     for s, r in results["sources"].items():
+        ceiling = r.get("kendall_tau_of_other_answers", float("nan"))
         print(
-            f"{s}: n={r['n']} MAE={r['mae']:.1f} tau={r['kendall_tau']:.3f} "
+            f"{s}: n={r['n']} MAE={r['mae']:.1f} tau={r['kendall_tau']:.3f} (other answers' {ceiling:.3f}) "
             f"sd(log true/median)={r['log_ratio_to_median']['sd']:.3f} level coverage={r['level_coverage']}"
         )
         for key, b in r["bounds"].items():

@@ -88,9 +88,12 @@ def test_reservation_expires_to_the_default_when_the_service_is_silent() -> None
         while c.reservation() is None and time.monotonic() < end:
             c.poll()
         assert c.reservation() == (0.9, 128)
-        now[0] = 1.9
+        now[0] = 100.0  # an idle host asks nothing: the service is not silent, the decision holds
+        assert c.reservation() == (0.9, 128) and c.silence() == 0.0
+        c.push_stats(3.0, 1000, 10, 2)  # asked at t=100; the service never answers
+        now[0] = 101.9
         assert c.reservation() == (0.9, 128)
-        now[0] = 2.1  # silent for longer than the TTL
+        now[0] = 102.1  # unanswered for longer than the TTL
         assert c.reservation() is None and c.counters["reservation_expired"] == 1
     finally:
         c.close()
