@@ -49,6 +49,8 @@ def test_killed_service_is_restarted_with_back_off_and_the_client_reconnects(tmp
         c = PredictorClient(ep, ping_interval_s=0.05, dead_after_s=0.5)
         c.submit("before", text="Explain photosynthesis", max_new_tokens=500)
         assert answered(c, "before")
+        assert wait_for(lambda: c.poll() >= 0 and c.instance is not None)
+        first_instance = c.instance
         for n in (1, 2):
             pid = sup.pid
             os.kill(pid, signal.SIGKILL)
@@ -60,7 +62,8 @@ def test_killed_service_is_restarted_with_back_off_and_the_client_reconnects(tmp
         assert sum("restarted (restart #" in ln for ln in lines) == 2
         c.submit("after", text="Write a limerick about a cat", max_new_tokens=300)
         assert answered(c, "after")
-        assert c.counters["reconnects"] + c.counters["restarts_seen"] >= 1 and c.counters["client_errors"] == 0
+        assert wait_for(lambda: c.poll() >= 0 and c.instance != first_instance)  # the client sees the new instance
+        assert c.counters["restarts_seen"] >= 1 and c.counters["client_errors"] == 0
         c.close()
     finally:
         sup.stop()
