@@ -52,6 +52,7 @@ class WaitingView:
     estimate: LengthEstimate | None = None
     swapped_out: bool = False  # KV sits in host memory: resuming is a swap-in, not a prefill
     first_token_s: float | None = None  # set when the request already produced tokens before a preemption
+    priority: int | None = None  # SGLang's request priority (the client's field; in the simulator from its class)
 
     @property
     def seq_len(self) -> int:
@@ -75,6 +76,7 @@ class RunningView:
     last_token_s: float | None = None
     first_token_s: float | None = None
     cached_len: int = 0  # prefix tokens shared with the radix cache (not freed by a preemption)
+    priority: int | None = None  # SGLang's request priority (see WaitingView)
 
     @property
     def seq_len(self) -> int:

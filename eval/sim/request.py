@@ -36,6 +36,7 @@ class SimRequest:
         "nodes",
         "output_len",
         "prefilled_len",
+        "priority",
         "prompt_len",
         "record",
         "rid",
@@ -87,6 +88,7 @@ class SimRequest:
         self.version = 0
         self.view: WaitingView | RunningView | None = None
         self.view_version = -1
+        self.priority: int | None = None  # SGLang's request priority (from the SLO class; see engine._arrive)
 
     @property
     def seq_len(self) -> int:
@@ -105,7 +107,7 @@ def _waiting_fields(r: SimRequest) -> tuple:
     """WaitingView's fields in order (positional: this runs for every waiting request every iteration)."""
     t = r.record.token_times_s
     return (r.rid, r.arrival_s, r.prompt_len, r.max_new_tokens, r.slo, r.cached_len, r.output_len,
-            r.prefilled_len, r.estimate, r.host_tokens > 0, t[0] if t else None)  # fmt: skip
+            r.prefilled_len, r.estimate, r.host_tokens > 0, t[0] if t else None, r.priority)  # fmt: skip
 
 
 def _running_fields(r: SimRequest) -> tuple:
@@ -113,7 +115,7 @@ def _running_fields(r: SimRequest) -> tuple:
     preemption may not free it."""
     t = r.record.token_times_s
     return (r.rid, r.arrival_s, r.prompt_len, r.output_len, r.max_new_tokens, r.kv_used, r.kv_allocated, r.slo,
-            r.estimate, t[-1] if t else None, t[0] if t else None, r.cached_len)  # fmt: skip
+            r.estimate, t[-1] if t else None, t[0] if t else None, r.cached_len, r.priority)  # fmt: skip
 
 
 def waiting_view(r: SimRequest) -> WaitingView:

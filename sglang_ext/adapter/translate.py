@@ -62,6 +62,7 @@ def waiting_view(
         prefilled_len=prefilled,
         estimate=estimate,
         first_token_s=first_token_s,
+        priority=getattr(req, "priority", None),
     )
 
 
@@ -90,6 +91,7 @@ def running_view(
         last_token_s=last_token_s,
         first_token_s=first_token_s,
         cached_len=int(getattr(req, "prefix_len", 0) or 0),
+        priority=getattr(req, "priority", None),
     )
 
 
