@@ -1,7 +1,8 @@
 """``sglang``: SGLang 0.5.23's own scheduling, reproduced decision for decision from its source.
 
 Why: every ratio the project reports for CacheOPT (C1-C5) and AccelGen (A1-A3) is against this baseline, so it
-must be SGLang's behaviour and not a plausible cousin. Sources (installed wheel, ``sglang/srt/``):
+must be SGLang's behaviour and not a plausible cousin — in both of SGLang's batching modes, since users run stock
+SGLang with ``--enable-mixed-chunk`` too (issue 10). Sources (installed wheel, ``sglang/srt/``):
 
 * ``managers/scheduler_components/new_token_ratio_tracker.py``: ``init = min(0.7 * conservativeness, 1)``,
   ``min = init * 0.14``, ``decay = (init - min) / 600`` per decode step without retraction; after a retraction
@@ -11,26 +12,44 @@ must be SGLang's behaviour and not a plausible cousin. Sources (installed wheel,
   a request is admitted iff ``extend + min(max_new - out, CLIP) + page < remaining_total``; it is then charged
   ``ceil_page(extend) + page + min(max_new, CLIP)`` (0 instead of ``max_new`` for a truncated chunk); the pass
   stops on ``NO_TOKEN`` or when the chunk/input budgets are spent. The chunked request continues first with
-  ``min(rem_chunk, remaining_total)`` tokens. The prefix a candidate matched is pinned (not evictable).
-* ``managers/scheduler.py``: a formed prefill batch runs alone (mixed chunk is off by default), so admitting
-  means ``run_decodes=False``; ``batch_is_full`` after ``NO_TOKEN`` blocks admission until a request leaves.
+  ``min(rem_chunk, remaining_total)`` tokens (the whole ``rem_chunk`` when that is not positive). The prefix a
+  candidate matched is pinned (not evictable).
+* ``managers/scheduler.py`` ``get_next_batch_to_run`` / ``_get_new_batch_prefill_raw``: a formed prefill batch runs
+  first; with nothing admitted, ``update_running_batch`` runs the decode step (``check_decode_mem``, retraction or
+  the ratio's decay). ``batch_is_full`` is set by ``NO_TOKEN`` (and full request slots) and blocks admission until a
+  request leaves; it lives on the running batch object, so it is lost whenever the formed batch *becomes* the
+  running batch (the running batch was empty, or the step was mixed).
+* Mixed chunk (``--enable-mixed-chunk``, ``is_mixed_chunk``): the adder gets ``num_mixed_decode_tokens`` = the
+  running batch size, taken off ``rem_chunk`` and ``rem_input`` and added to both offsets (one token per decode).
+  After ``prepare_for_extend`` allocated the prefill, the decodes join (``mix_with_running``, a *mixed* step:
+  ``run_decodes=True``) if ``check_decode_mem`` passes; otherwise they sit this step out — a mixed step never
+  retracts and never decays the ratio (``update_running_batch`` does not run). Without an admission the step is an
+  ordinary decode step, retraction included. ``needs_mixed_chunk(config)`` is ``config.sglang.mixed_chunk``; a host
+  that runs mixed chunk anyway (``HostCapabilities.mixed_chunk``) gets the mixed rules too.
 * ``managers/schedule_batch.py`` ``retract_decode``: victims in reverse of the keep-order
   ``sorted(key=(len(output), -len(input)), reverse=True)``, at least one, never the last, until the next decode
-  step fits in ``available + evictable``.
+  step fits in ``available + evictable`` (a victim frees its pages).
+* Priority scheduling (``--enable-priority-scheduling``): see :mod:`policies.sglang_priority`.
 
-Divergences (documented, all small): requests carry no ``priority`` in the views, so
-``--retraction-policy priority`` orders exactly like ``length`` (SGLang does the same when no priority is set);
-``ignore_eos`` requests (ratio 1.0) do not exist in the views; the pin of a candidate's matched prefix assumes
-that prefix is evictable (unreferenced), which over-pins when a running request shares it; LPM sorts the
-host's queue order each pass (SGLang sorts its queue in place, so ties can keep an older order) and does not
-model the in-batch-prefix deprioritisation; ``max_running_requests`` (request slots) is an option, unbounded
-by default; the overlap scheduler's one-step lag is not modelled.
+The chunk is the host's (``HostCapabilities.chunked_prefill_size``: the device default SGLang picks, passed by the
+scenario or read from the server), else ``config.sglang.chunked_prefill_size``.
+
+Divergences (documented, all small): ``ignore_eos`` requests (ratio 1.0) do not exist in the views; the pin of a
+candidate's matched prefix assumes that prefix is evictable (unreferenced), which over-pins when a running request
+shares it; LPM sorts the host's queue order each pass (SGLang sorts its queue in place, so ties can keep an older
+order) and does not model the in-batch-prefix deprioritisation; ``max_running_requests`` (request slots) is an
+option, unbounded by default; the overlap scheduler's one-step lag is not modelled; ties in the retraction key
+follow the host's running order (SGLang puts a mixed step's new requests before the old ones). Two cases where
+SGLang 0.5.23 itself breaks in mixed mode are made to degrade instead: when the decodes fill the whole chunk
+(running >= chunk) SGLang computes a non-positive chunk for the in-progress prefill, and when the decodes of a
+chunked prefill's earlier steps used the KV its next chunk is charged against, ``prepare_for_extend`` raises
+"Out of memory" (the scheduler dies). The mirror then shrinks the chunk to the free KV, or runs a decode step.
 
 State across iterations lives here: the ratio (its per-decode decay is applied at the next ``plan``, since the
 host runs the decode between two plans; ``choose_victims`` replaces it) and ``batch_is_full`` (cleared by
-``on_finish`` / a retraction / an empty batch). ``tests/test_sglang_faithful.py`` replays request scripts
-through SGLang's real classes on CPU (page 1 and 16, radix cache off and on) and checks identical prefill batches,
-chunk sizes and retractions.
+``on_finish`` / a retraction / an empty or mixed batch). ``tests/test_sglang_faithful.py`` replays request scripts
+through SGLang's real classes on CPU (page 1 and 16, radix cache off and on, mixed chunk off and on, priority
+scheduling) and checks identical prefill/mixed batches, chunk sizes, retractions and preemptions.
 """
 
 from __future__ import annotations
@@ -152,10 +171,15 @@ class SGLangPolicy(Policy):
             rem = min(rem_chunk, int(avail - offset_total))
             if rem <= 0:
                 rem = rem_chunk
-            if rem > 0:  # (rem_chunk <= 0: the decodes fill the chunk; see the module docstring)
-                cand = chunked.seq_len - chunked.prefilled_len
-                truncated = cand > rem
-                new_len = min(cand, rem)
+            if prio is not None:
+                prio.initialized(chunked, with_cache=False)
+            done = chunked.prefilled_len
+            cand = chunked.seq_len - done
+            new_len = min(cand, rem)
+            if ceil_page(done + new_len, page) - ceil_page(done, page) > avail:  # SGLang: "Out of memory" (see doc)
+                new_len = min(new_len, ceil_page(done, page) - done + avail // page * page)
+            if new_len > 0:  # (rem_chunk <= 0: the decodes fill the chunk; see the module docstring)
+                truncated = cand > new_len
                 ext = ceil_page(new_len, page)
                 max_new = 0 if truncated else min(chunked.max_new_tokens, clip)
                 offset_total += ext + page + max_new
@@ -178,10 +202,12 @@ class SGLangPolicy(Policy):
                     break
                 for r in victims:  # released now: their offsets and KV come back to this pass
                     offset_total -= running_offset(r, ratio, clip)
-                    avail += r.kv_used
+                    avail += ceil_page(r.kv_used, page)  # its pages are freed
                     running.remove(r)
                 preempted += victims
                 prio.requeued(r.rid for r in victims)  # type: ignore[union-attr]
+            if prio is not None:
+                prio.initialized(w)
             rt = avail - offset_total
             # add_one_req: check against the whole request, with its matched prefix pinned
             max_new = min(max(w.max_new_tokens - w.output_len, 0), clip)
@@ -226,6 +252,8 @@ class SGLangPolicy(Policy):
         run_decodes = self.mixed and bool(running) and decode_need(running, page) <= avail - alloc
         if run_decodes or not running:
             self.batch_is_full = False  # the formed batch becomes the running batch, whose flag starts clear
+        if run_decodes and prio is not None:
+            prio.refreshed(running)  # mix_with_running refreshes the decoding requests' token lists
         return IterationPlan(
             admit=tuple(admits), token_budget=self.chunked_prefill_size, preempt=preempt, run_decodes=run_decodes
         )
@@ -260,7 +288,7 @@ class SGLangPolicy(Policy):
             first = False
             r = running[keep.pop()]
             victims.append(Preempt(r.rid))
-            avail += r.kv_used
+            avail += ceil_page(r.kv_used, page)  # its pages are freed
             if r.kv_used % page == 0:
                 need -= page
         kept = [running[i] for i in keep]

@@ -20,8 +20,15 @@ cousin. Sources (installed wheel, ``sglang/srt/``):
 * ``managers/schedule_batch.py`` ``_get_decode_retraction_order`` with ``--retraction-policy priority``: the keep-order
   key becomes ``(priority * -sign, len(output), -len(input))``.
 
-``wait_queue_entry_time`` is not in the views: :class:`PriorityRules` keeps an equivalent counter, stamped when a
-request is first seen in the waiting queue (in the host's queue order) and again whenever it is retracted or
+What ``preempt_to_schedule`` charges the candidate is ``len(req.full_untruncated_fill_ids) - req.prefix_len``, read
+*before* the loop calls ``req.init_next_round_input`` for it: the token list as of the request's last
+``init_next_round_input`` (or ``refresh_fill_ids`` in a mixed step) and the prefix of its last match (0 after a
+retraction). A request the loop never reached has an empty list, so its prompt is not counted at all: SGLang then
+preempts for a request that ``add_one_req`` may still refuse (the preempted requests stay preempted). The mirror
+keeps the same two numbers per request (:meth:`PriorityRules.initialized`, :meth:`refreshed`, :meth:`requeued`).
+
+``wait_queue_entry_time`` is not in the views either: :class:`PriorityRules` keeps an equivalent counter, stamped
+when a request is first seen in the waiting queue (in the host's queue order) and again whenever it is retracted or
 preempted (SGLang re-stamps a re-queued request). Divergence: SGLang re-queues the requests one preemption releases
 in the iteration order of a Python ``set`` (arbitrary); the mirror stamps them in preemption order.
 """
@@ -52,6 +59,8 @@ class PriorityRules:
         self.preemption = not cfg.disable_priority_preemption
         self._entry: dict[str, int] = {}
         self._clock = 0
+        self._fill: dict[str, int] = {}  # len(full_untruncated_fill_ids) as SGLang last set it
+        self._prefix: dict[str, int] = {}  # req.prefix_len as SGLang last set it
 
     def value(self, req: WaitingView | RunningView) -> int:
         return req.priority if req.priority is not None else self.default
@@ -64,12 +73,26 @@ class PriorityRules:
                 self._entry[w.rid] = self._clock
 
     def requeued(self, rids: Iterable[str]) -> None:
+        """Retracted or preempted: a new queue-entry stamp; ``reset_for_retract`` zeroes the prefix."""
         for rid in rids:
             self._clock += 1
             self._entry[rid] = self._clock
+            self._prefix[rid] = 0
+
+    def initialized(self, req: WaitingView, with_cache: bool = True) -> None:
+        """SGLang ran ``init_next_round_input`` on ``req`` (the prefix is re-matched only with the tree cache)."""
+        self._fill[req.rid] = req.seq_len
+        if with_cache:
+            self._prefix[req.rid] = req.cached_len
+
+    def refreshed(self, running: Iterable[RunningView]) -> None:
+        """A mixed step's ``refresh_fill_ids`` on the decoding requests."""
+        for r in running:
+            self._fill[r.rid] = r.seq_len
 
     def forget(self, rid: str) -> None:
-        self._entry.pop(rid, None)
+        for d in (self._entry, self._fill, self._prefix):
+            d.pop(rid, None)
 
     # --- rules -----------------------------------------------------------------------------------------------
     def sort_waiting(self, queue: list[WaitingView]) -> None:
@@ -87,7 +110,7 @@ class PriorityRules:
         None when the threshold or the freed offsets do not allow it."""
         entry = self._entry
         order = sorted(running, key=lambda r: (self.value(r) * -self.sign, -entry.get(r.rid, 0)))
-        need = req.seq_len - req.cached_len + min(req.max_new_tokens, clip) - rem_total
+        need = self._fill.get(req.rid, 0) - self._prefix.get(req.rid, 0) + min(req.max_new_tokens, clip) - rem_total
         mine = self.value(req)
         chosen: list[RunningView] = []
         for r in order:

@@ -16,7 +16,8 @@ import pytest
 from policies.capabilities import HostCapabilities
 from policies.config import ExtConfig, SGLangBaselineConfig
 from sglang_ext.adapter import hooks
-from tests.test_sglang_faithful import CHUNK, CONSERVATIVENESS, StockSGLang, script, sglang_ready  # noqa: F401
+from tests.sglang_harness import CHUNK, CONSERVATIVENESS, StockSGLang, script
+from tests.test_sglang_faithful import sglang_ready  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
