@@ -223,6 +223,9 @@ class Adapter:
         """SGLang committed the request to the batch: its planned output reservation becomes its allocation."""
         if req.rid in self.plan_out:
             self.out_alloc[req.rid] = self.plan_out[req.rid] if req.rid not in self.guest_of else 0
+        # known from now on, so a request that finishes in its prefill step (never seen running) is reaped too:
+        # the policy hears on_finish (SGLang clears batch_is_full then) with the one token it produced
+        self.known.setdefault(req.rid, len(req.output_ids) + 1)
 
     def running_offset(self, req: Any) -> int | None:
         """Tokens SGLang's budget should still hold for a running request: its allocation minus what it used."""
