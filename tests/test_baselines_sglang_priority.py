@@ -143,3 +143,23 @@ def test_simulator_maps_slo_classes_to_priorities():
     assert seen == {"l": 0, "t": 20, "u": None}
     first = {r.rid: r.token_times_s[0] for r in res.records}
     assert first["t"] <= first["l"] <= first["u"]
+
+
+def test_plugin_mirrors_sglangs_flags_into_the_baseline():
+    """In the server SGLang's own flags are the truth for the ``sglang`` section; ``--ext-sglang-mixed-chunk``
+    asks for SGLang's mixed chunk (the plugin then turns it on)."""
+    from types import SimpleNamespace
+
+    from sglang_ext.plugin import _mirror_sglang_flags, _needs_mixed_chunk
+
+    sa = SimpleNamespace(schedule_policy="fcfs", schedule_conservativeness=0.5, chunked_prefill_size=8192,
+                         retraction_policy="priority", enable_mixed_chunk=False, enable_priority_scheduling=True,
+                         schedule_low_priority_values_first=True, priority_scheduling_preemption_threshold=3,
+                         disable_priority_preemption=False)  # fmt: skip
+    cfg = ExtConfig(policy="sglang", sglang=SGLangBaselineConfig(mixed_chunk=True))
+    sg = _mirror_sglang_flags(cfg, sa).sglang
+    assert (sg.chunked_prefill_size, sg.enable_priority_scheduling, sg.schedule_low_priority_values_first) == (
+        8192, True, True)  # fmt: skip
+    assert sg.priority_scheduling_preemption_threshold == 3 and sg.retraction_policy == "priority"
+    assert sg.mixed_chunk and _needs_mixed_chunk(_mirror_sglang_flags(cfg, sa))
+    assert not _mirror_sglang_flags(ExtConfig(policy="sglang"), sa).sglang.mixed_chunk
