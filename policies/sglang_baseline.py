@@ -47,9 +47,11 @@ chunked prefill's earlier steps used the KV its next chunk is charged against, `
 
 State across iterations lives here: the ratio (its per-decode decay is applied at the next ``plan``, since the
 host runs the decode between two plans; ``choose_victims`` replaces it) and ``batch_is_full`` (cleared by
-``on_finish`` / a retraction / an empty or mixed batch). ``tests/test_sglang_faithful.py`` replays request scripts
-through SGLang's real classes on CPU (page 1 and 16, radix cache off and on, mixed chunk off and on, priority
-scheduling) and checks identical prefill/mixed batches, chunk sizes, retractions and preemptions.
+``on_finish`` / a retraction / an empty or mixed batch). ``tests/test_sglang_faithful.py`` (and
+``tests/test_baselines_sglang_priority.py`` for priority scheduling) replays request scripts through SGLang's real
+classes on CPU (page 1 and 16, radix cache off and on, mixed chunk off and on) and checks identical prefill/mixed
+batches, chunk sizes, retractions and preemptions; ``tests/test_adapter_faithful.py`` does the same through the
+plugin's hooks.
 """
 
 from __future__ import annotations
@@ -186,8 +188,8 @@ class SGLangPolicy(Policy):
                 offset_current += ext + page
                 rem_chunk -= ext
                 rem_input -= ext
-                alloc += ceil_page(chunked.prefilled_len + new_len, page) - ceil_page(chunked.prefilled_len, page)
-                admits.append(Admit(chunked.rid, new_len, reserve_tokens=chunked.prefilled_len + ext + page))
+                alloc += ceil_page(done + new_len, page) - ceil_page(done, page)
+                admits.append(Admit(chunked.rid, new_len, reserve_tokens=done + ext + page))
 
         for w in queue if not self.batch_is_full else ():
             if avail - offset_total > 0 and (rem_input <= 0 or rem_chunk <= 0):
