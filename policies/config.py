@@ -35,10 +35,41 @@ class SGLangBaselineConfig:
     retraction_policy: str = opt("length", "Victim order on decode OOM.", ("length", "priority"))
     mixed_chunk: bool = opt(False, "SGLang --enable-mixed-chunk the baseline mirrors (decodes ride with prefill "
                             "chunks).")  # fmt: skip
+    enable_priority_scheduling: bool = opt(False, "SGLang --enable-priority-scheduling the baseline mirrors (queue "
+                                           "sorted by request priority; preemption to schedule when the request "
+                                           "slots are full).")  # fmt: skip
+    schedule_low_priority_values_first: bool = opt(False, "SGLang --schedule-low-priority-values-first (default: "
+                                                   "higher values first).")  # fmt: skip
+    priority_scheduling_preemption_threshold: int = opt(10, "SGLang --priority-scheduling-preemption-threshold: "
+                                                        "priority difference needed to preempt.")  # fmt: skip
+    disable_priority_preemption: bool = opt(False, "SGLang --disable-priority-preemption.")
+    priority_by_class: str = opt("", "Simulator: a request's priority from its SLO class, e.g. "
+                                 "'tight=2,medium=1,loose=0' (the server takes the request's own priority field); "
+                                 "unlisted classes get SGLang's default (the lowest).")  # fmt: skip
 
     def __post_init__(self) -> None:
         _check(self.schedule_conservativeness > 0, "--ext-sglang-schedule-conservativeness", "must be > 0")
         _check(self.chunked_prefill_size > 0, "--ext-sglang-chunked-prefill-size", "must be > 0")
+        prio = self.enable_priority_scheduling
+        _check(not prio or self.schedule_policy == "fcfs", "--ext-sglang-enable-priority-scheduling",
+               "needs schedule policy fcfs (SGLang refuses lpm with it)")  # fmt: skip
+        _check(self.retraction_policy != "priority" or prio, "--ext-sglang-retraction-policy",
+               "priority needs --ext-sglang-enable-priority-scheduling (as SGLang)")  # fmt: skip
+        self.priority_map()  # validates --ext-sglang-priority-by-class
+
+    def priority_map(self) -> dict[str, int]:
+        """``priority_by_class`` parsed: SLO class name -> integer priority."""
+        out: dict[str, int] = {}
+        flag = "--ext-sglang-priority-by-class"
+        for part in filter(None, (p.strip() for p in self.priority_by_class.split(","))):
+            name, sep, value = (x.strip() for x in part.partition("="))
+            _check(bool(sep) and bool(name), flag, f"{part!r}: expected CLASS=INT")
+            _check(name not in out, flag, f"class {name!r} given twice")
+            try:
+                out[name] = int(value)
+            except ValueError:
+                raise ConfigError(f"{flag}: {part!r}: priority {value!r} is not an integer") from None
+        return out
 
 
 @dataclass(frozen=True)
@@ -145,7 +176,7 @@ class AccelGenConfig:
         _check(self.pack_window >= 1, "--ext-accelgen-pack-window", "must be >= 1")
 
 
-POLICY_CHOICES = ("none", "sglang", "vllm", "sarathi", "cacheopt", "accelgen", "cacheopt+accelgen")
+POLICY_CHOICES = ("none", "sglang", "edf", "vllm", "sarathi", "cacheopt", "accelgen", "cacheopt+accelgen")
 
 
 @dataclass(frozen=True)

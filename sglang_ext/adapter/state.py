@@ -253,7 +253,7 @@ class Adapter:
         x = self.plan_admits.get(req.rid)
         if x is not None:
             self.core.committed(x[0], x[1])
-            self.known.setdefault(req.rid, len(req.output_ids))
+        self.known.setdefault(req.rid, len(req.output_ids))  # a request that ends in its prefill step is reaped too
 
     def refused(self, req: Any) -> None:
         x = self.plan_admits.get(req.rid)

@@ -67,6 +67,7 @@ def waiting_view(
         estimate=estimate,
         first_token_s=first_token_s,
         kv_allocated=kv_allocated,
+        priority=getattr(req, "priority", None),
     )
 
 
@@ -99,6 +100,7 @@ def running_view(
         kv_lent=alloc.kv_lent,
         lender=alloc.lender,
         reserve_drawn=alloc.reserve_drawn,
+        priority=getattr(req, "priority", None),
     )
 
 
