@@ -20,6 +20,7 @@ from policies.config import ExtConfig
 from policies.latency import BatchShape
 from policies.views import SLO, IterationPlan, LengthEstimate, PreemptMode, SchedulerView
 from predictors.online import OnlineLengthBound
+from sglang_ext import metrics as ext_metrics
 from sglang_ext.adapter import translate
 
 logger = logging.getLogger("sglang_ext")
@@ -108,6 +109,7 @@ class Adapter:
         if self.predictor is None:
             return None
         est = self.predictor.estimate(req.rid)
+        ext_metrics.get().observe_predictor(req.rid, est is not None, self.now() - self.arrival.get(req.rid, 0.0))
         if est is None:
             self.counters["predictor_fallbacks"] += 1
             return self.predictor.fallback(req.rid, int(req.sampling_params.max_new_tokens or 0))
@@ -169,6 +171,7 @@ class Adapter:
         for rid in [r for r in self.known if r not in live]:
             out = self.known.pop(rid)
             self.policy.on_finish(rid, out)
+            ext_metrics.get().observe_finish(rid, out)
             if self.online is not None:
                 self.online.observe(out)
             if self.predictor is not None:
@@ -194,7 +197,9 @@ class Adapter:
     # --- decisions ---------------------------------------------------------------------------------------------
     def make_plan(self, sched: Any, running_batch: Any) -> IterationPlan:
         view = self.build_view(sched, list(running_batch.reqs), sched.chunked_req)
+        t0 = time.perf_counter()
         plan = self.policy.plan(view)
+        ext_metrics.get().observe_plan(view, plan, time.perf_counter() - t0)
         self.plan = plan
         self.plan_rank = {a.rid: i for i, a in enumerate(plan.admit)}
         waiting = {w.rid: w for w in view.waiting}
@@ -252,6 +257,7 @@ class Adapter:
             pool=pool,
         )
         victims = self.policy.choose_victims(view, tokens_needed)
+        ext_metrics.get().observe_victims(view, victims)
         idx = translate.index_by_rid(reqs)
         chosen = [idx[v.rid] for v in victims if v.rid in idx]
         for v in victims:
