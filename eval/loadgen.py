@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import sys
 import time
@@ -108,12 +109,15 @@ class _Run:
         self.stop.set()
 
 
-def forcer_ref(module: str = "sglang_ext.logit_processors", name: str = "ForceEosAtLength") -> str:
-    """``ForceEosAtLength.to_str()`` without importing SGLang (seconds, ~1 GB): dill ships a class of an importable
-    module as a protocol-4 pickle global reference, exactly these opcodes. A test checks it equals ``to_str()``."""
-    m, n = module.encode(), name.encode()
-    body = b"\x8c" + bytes([len(m)]) + m + b"\x94\x8c" + bytes([len(n)]) + n + b"\x94\x93\x94."
-    return json.dumps({"callable": (b"\x80\x04\x95" + len(body).to_bytes(8, "little") + body).hex()})
+@functools.lru_cache(maxsize=1)
+def forcer_ref() -> str:
+    """The EOS forcer as SGLang serializes a custom logit processor: ``ForceEosAtLength.to_str()`` (dill ships the
+    class by reference; the server imports ``sglang_ext.logit_processors``). The same string for every request: the
+    target length is not in it but in ``custom_params``, which no policy view carries. Importing the class loads
+    SGLang and torch into this process (~9 s and ~0.9 GB, once per process, before the run's clock starts)."""
+    from sglang_ext.logit_processors import ForceEosAtLength
+
+    return ForceEosAtLength.to_str()
 
 
 def prompt_ids(spec: RequestSpec, index: int, seed: int, vocab_size: int) -> list[int]:
