@@ -69,6 +69,7 @@ class ExtMetrics:
         self.block_tokens, self.block_overhead_s = swap_block_tokens, swap_block_overhead_s
         self.kv_bytes_per_token = float(kv_bytes_per_token)
         self._bound: OrderedDict[str, int] = OrderedDict()  # rid -> output-length bound at admission
+        self._admitted: OrderedDict[str, None] = OrderedDict()  # admitted, not yet finished or preempted
         self._predicted: OrderedDict[str, bool] = OrderedDict()  # rid -> an answer has been seen
         self._decided: dict[str, tuple[str, int, float]] = {}  # rid -> (mode, tokens, cost s) from C4/C5
         if not self.enabled:
@@ -130,16 +131,19 @@ class ExtMetrics:
 
     # --- the adapter's API ---------------------------------------------------------------------------------------
     def observe_plan(self, view: SchedulerView, plan: IterationPlan, decision_s: float) -> None:
-        """One policy decision: new admissions by kind with their reservations (a chunked prefill continuing is
-        not a new admission), top-ups, the reserve level, the forward budget and the decision time."""
+        """One policy decision: new admissions by kind with their reservations, top-ups, the reserve level, the
+        forward budget and the decision time. A request counts as admitted once until it finishes or is preempted
+        (a chunked prefill continuing, or a plan SGLang could not apply and the next plan repeats, is no new
+        admission; a preempted request admitted again is)."""
         if not self.enabled:
             return
         lab = self.labels
         waiting = {w.rid: w for w in view.waiting}
         for a in plan.admit:
             w = waiting.get(a.rid)
-            if w is None or w.prefilled_len > 0 or a.rid == view.chunked_rid:
+            if w is None or a.rid in self._admitted or w.prefilled_len > 0 or a.rid == view.chunked_rid:
                 continue
+            _remember(self._admitted, a.rid, None)
             if a.host_rid is None:
                 self.admissions.labels(**lab, kind="own").inc()
                 self.reserved_tokens.labels(**lab).inc(max(a.reserve_tokens, 0))
@@ -200,6 +204,7 @@ class ExtMetrics:
         """A request finished with ``output_len`` tokens: was the bound it was admitted with enough?"""
         self._predicted.pop(rid, None)
         self._decided.pop(rid, None)
+        self._admitted.pop(rid, None)
         bound = self._bound.pop(rid, None)
         if not self.enabled:
             return
@@ -210,6 +215,7 @@ class ExtMetrics:
     def observe_retracted(self, before: dict[str, tuple[int, int]], retracted: Iterable[Any]) -> None:
         """Requests SGLang retracted; ``before``: rid -> (own KV tokens, sequence length) taken before the call."""
         for req in retracted:
+            self._admitted.pop(req.rid, None)
             decided = self._decided.pop(req.rid, None)
             own, seq = before.get(req.rid, (0, 0))
             if decided is not None:

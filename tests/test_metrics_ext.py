@@ -71,6 +71,11 @@ def test_plan_counts_new_admissions_by_kind_and_not_chunk_continuations(reg: Col
     assert value(reg, "policy_decision_seconds_count") == 1
     assert value(reg, "policy_decision_seconds_bucket", le="0.003") == 1
     assert value(reg, "policy_decision_seconds_bucket", le="0.001") == 0
+    m.observe_plan(v, plan, 0.002)  # the same admissions again (SGLang could not apply them yet): not new
+    assert value(reg, "admissions_total", kind="own") == 2 and value(reg, "reserved_tokens_total") == 740
+    m.observe_retracted({"a": (140, 140)}, [SimpleNamespace(rid="a")])
+    m.observe_plan(v, plan, 0.002)  # a was preempted: admitted again
+    assert value(reg, "admissions_total", kind="own") == 3
     # coverage: a's bound 40, b's 60, d had no estimate
     for rid, out in (("a", 40), ("b", 61), ("d", 5), ("never-admitted", 3)):
         m.observe_finish(rid, out)
@@ -126,6 +131,19 @@ def test_retractions_carry_the_decided_mode_and_cost(reg: CollectorRegistry) -> 
     assert value(reg, "preemption_seconds_total", mode="recompute") == pytest.approx(
         LAT.prefill_s(80, 40) + recompute_cost_s(r2, LAT)
     )
+
+
+def test_no_metrics_without_sglangs_metrics_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --enable-metrics SGLang sets no PROMETHEUS_MULTIPROC_DIR: the extension exports nothing and turns
+    nothing on (the policy still runs; its counters stay in the log line)."""
+    from policies.config import ExtConfig
+    from sglang_ext import metrics
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    cfg = ExtConfig(policy="cacheopt")
+    assert metrics.scheduler_labels(object(), cfg) is None
+    assert metrics.install(object(), cfg) is metrics.get() and not metrics.get().enabled
+    assert metrics.scheduler_labels(object(), ExtConfig()) is None  # --ext-policy none: stock, no extension series
 
 
 def test_disabled_instance_does_nothing() -> None:
