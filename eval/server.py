@@ -146,20 +146,27 @@ class ServerProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # stragglers (scheduler/detokenizer) of the group
 
-    def drain(self, timeout_s: float = 120.0) -> int | None:
-        """SIGTERM to the launcher only, as an orchestrator does: SGLang refuses nothing already in flight, finishes
-        it, then exits. Returns the exit code, or ``None`` if it did not exit within ``timeout_s`` (then stopped)."""
+    def drain(self, timeout_s: float = 120.0, children_grace_s: float = 15.0) -> tuple[int | None, list[int]]:
+        """SIGTERM to the launcher only, as an orchestrator does: SGLang finishes what is in flight, then exits and
+        ends its scheduler and detokenizer. Returns (the launcher's exit code, or ``None`` if it did not exit within
+        ``timeout_s``; the pids of its process group still alive ``children_grace_s`` after it exited). Whatever
+        is left is then stopped."""
         proc = self.proc
         if proc is None:
-            return None
+            return None, []
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
         try:
-            code = proc.wait(timeout=timeout_s)
+            code: int | None = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             code = None
+        left = _group_members(proc.pid)
+        deadline = time.monotonic() + children_grace_s
+        while code is not None and left and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left = _group_members(proc.pid)
         self.stop()
-        return code
+        return code, left
 
     def log_tail(self, n: int = 40) -> str:
         try:
@@ -186,3 +193,15 @@ def _kill_tree(pid: int) -> None:
 
     with contextlib.suppress(RuntimeError, ProcessLookupError):
         kill_process_tree(pid, include_parent=True, wait_timeout=30)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group ``pgid``."""
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["pid", "status"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                out.append(p.pid)
+    return out
