@@ -1,28 +1,39 @@
-"""The extension's metrics on a real server's ``/metrics`` (SGLang's endpoint, served by its HTTP process from the
-scheduler's multiprocess files), read with prometheus_client's parser, never from the log.
+"""SGLang's own tools against stock SGLang and the extension, two real CPU servers for the module: ``--ext-policy
+none`` (stock) and ``cacheopt`` with the predictor service (the shipped model), ``--enable-metrics`` and SGLang's
+retraction test switch (``SGLANG_TEST_RETRACT``: it retracts a running request every N decode steps, so preemptions
+happen under any timing).
 
-One server: cacheopt with the predictor service (the shipped model, text prompts), ``--enable-metrics``, and
-SGLang's own retraction test switch (``SGLANG_TEST_RETRACT``: it retracts a running request every N decode steps)
-so preemptions happen under any timing. The extension's counts are checked against the requests sent and against
-SGLang's own counters on the same endpoint (retractions, finished requests)."""
+* ``python -m sglang.bench_serving`` (the README's recipe, reduced to a handful of requests) replays a slice of the
+  Azure 2023 conversation trace written by ``scripts/bench_serving_data.py``, with per-request SLOs through
+  ``--extra-request-body``, against both: every request completes at its trace length; the stock server exports no
+  extension series.
+* The extension's metrics on SGLang's ``/metrics`` (served by its HTTP process from the scheduler's multiprocess
+  files), read with prometheus_client's parser, never from the log, and checked against the requests sent and
+  against SGLang's own counters on the same endpoint (retractions, finished requests).
+"""
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from eval.server import ROOT, ServerProcess, cpu_server_args
+from eval.server import ROOT, TINY_MODEL, ServerProcess, cpu_server_args
 
 pytestmark = pytest.mark.server
 
 MODEL = ROOT / "predictors" / "models" / "alpaca-mistral"
 PROMPTS = ROOT / "data" / "prompts" / "alpacaeval_Mistral-7B-Instruct-v0.2.json"
+N_BENCH = 6
+SLO_BODY = {"custom_params": {"ttft_slo_ms": 20000.0, "tbt_slo_ms": 1000.0}}
 N, OUT = 24, 40
 KV_BYTES_PER_TOKEN = 2 * 4 * 16 * 2 * 2  # tiny LLaMA: K and V x 4 heads x 16 dims x bf16 x 2 layers
 
@@ -41,16 +52,67 @@ def total(m: dict, name: str, **match: str) -> float:
     return sum(v for labels, v in m.get(name, {}).items() if all((k, val) in labels for k, val in match.items()))
 
 
+def ext_series(m: dict) -> dict:
+    return {k: v for k, v in m.items() if k.startswith("sglang_ext:")}
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    log = tmp_path_factory.mktemp("metrics") / "server.log"
+def stock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("tools") / "server-stock.log"
+    with ServerProcess(cpu_server_args(pool_tokens=2048, extra=["--ext-policy", "none"]), log_path=log) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def ext(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("tools") / "server-cacheopt.log"
     extra = ["--ext-policy", "cacheopt", "--ext-predictor-mode", "service", "--ext-predictor-model-path", str(MODEL)]
     env = {"SGLANG_TEST_RETRACT": "1", "SGLANG_TEST_RETRACT_INTERVAL": "20"}
     with ServerProcess(cpu_server_args(pool_tokens=2048, extra=extra), log_path=log, env=env) as srv:
         yield srv
 
 
-def test_extension_metrics_on_sglangs_endpoint(server: ServerProcess) -> None:
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    out = tmp_path_factory.mktemp("bench") / "azure-conv.jsonl"
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_serving_data.py"), "--workload", "azure-conv",
+           "--num-requests", str(N_BENCH), "--scale", "8", "--max-context", "1024", "--out", str(out)]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(TINY_MODEL)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == N_BENCH
+    return out, sum(len(tok.encode(r["conversations"][1]["content"])) for r in rows)
+
+
+@pytest.mark.parametrize("side", ["stock", "ext"])
+def test_bench_serving_replays_the_trace(side: str, request: pytest.FixtureRequest, dataset: tuple[Path, int],
+                                         tmp_path: Path) -> None:  # fmt: skip
+    server: ServerProcess = request.getfixturevalue(side)
+    path, output_tokens = dataset
+    before = scrape(server.base_url)
+    out = tmp_path / "bench.jsonl"
+    cmd = [sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang-oai", "--base-url", server.base_url,
+           "--dataset-name", "custom", "--dataset-path", str(path), "--num-prompts", str(N_BENCH),
+           "--request-rate", "inf", "--tokenizer", str(TINY_MODEL), "--seed", "1", "--disable-tqdm",
+           "--output-file", str(out), "--extra-request-body", json.dumps(SLO_BODY),
+           "--goodput", "ttft:20000", "tpot:1000"]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    result = json.loads(out.read_text().splitlines()[-1])
+    assert result["completed"] == N_BENCH
+    assert result["total_output_tokens"] == output_tokens  # every request at its trace length
+    after = scrape(server.base_url)
+    if side == "stock":
+        assert ext_series(before) == ext_series(after) == {}  # stock: the extension exports nothing
+    else:
+        done = [total(m, "sglang_ext:finished_requests_total") for m in (before, after)]
+        assert done[1] - done[0] == N_BENCH + 1  # the run's requests and bench_serving's warm-up
+
+
+def test_extension_metrics_on_sglangs_endpoint(ext: ServerProcess) -> None:
+    server = ext
     prompts = [row["instruction"] for row in json.loads(PROMPTS.read_text())[:N]]
     before = scrape(server.base_url)
 
@@ -69,9 +131,9 @@ def test_extension_metrics_on_sglangs_endpoint(server: ServerProcess) -> None:
         return total(after, name, **match) - total(before, name, **match)
 
     # every series is the scheduler's, labelled with the policy and the DP worker
-    ext = {k: v for k, v in after.items() if k.startswith("sglang_ext:")}
-    assert len(ext) >= 15
-    for series in ext.values():
+    series_by_name = ext_series(after)
+    assert len(series_by_name) >= 15
+    for series in series_by_name.values():
         for labels in series:
             assert ("policy", "cacheopt") in labels and ("dp_rank", "0") in labels
     # SGLang's own retraction counter and ours count the same preemptions (C5 chose a mode for each)
