@@ -258,7 +258,7 @@ def install(sched: Any, cfg: Any, latency: Any = None) -> ExtMetrics:
         _CURRENT = _DISABLED
         return _CURRENT
     if latency is None:
-        from eval.profiles import get as get_profile
+        from profiles import get as get_profile
 
         latency = get_profile(cfg.latency_profile)
     co = cfg.cacheopt

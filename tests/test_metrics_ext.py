@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client import CollectorRegistry
 
-from eval import profiles
+import profiles
 from policies.cacheopt.swap import recompute_cost_s, swap_cost_s
 from policies.views import (
     Admit,
