@@ -26,6 +26,8 @@ Tokens per chunk come from ``meta_info.completion_tokens`` (a chunk may carry se
 ``preemptions``: the run's delta of the server's Prometheus counter ``sglang:num_retracted_requests_total`` (needs
 ``--enable-metrics``), else the sum of per-request ``meta_info.num_retractions`` (each record's ``preemptions``);
 ``preemptions_source`` says which.
+A stream that ends with SGLang's ``abort`` finish reason (a refusal such as ``--max-queued-requests``' "The request
+queue is full.", or an abort) is a failed request carrying the server's status and message, not a completed one.
 A server that dies or hangs mid-run (refused connection, dropped stream or two missed ``/health`` probes) stops the
 run: requests not sent or in flight fail with the reason, also in the summary's ``aborted``. Every wait is bounded
 (connect, stall after the first token, per-request total, ``/health``).
@@ -264,6 +266,9 @@ async def _read_stream(run: _Run, resp: aiohttp.ClientResponse, rec: RequestReco
                 fr = meta["finish_reason"]
                 finish = fr.get("type", str(fr)) if isinstance(fr, dict) else str(fr)
                 rec.finish_s = now
+                if finish == "abort":  # refused or aborted by the server (e.g. --max-queued-requests): not completed
+                    parts = [str(fr.get(k, "")) for k in ("status_code", "message")] if isinstance(fr, dict) else [fr]
+                    rec.error, rec.finish_s = "aborted by the server: " + " ".join(p for p in parts if p), None
     if finish is None:
         rec.error, rec.finish_s = "stream ended without a finish reason", None
     else:
