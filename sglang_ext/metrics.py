@@ -18,9 +18,9 @@ the server log stays, and :func:`get` returns a disabled :class:`ExtMetrics` who
 The adapter calls :meth:`ExtMetrics.observe_plan` (admissions C2, reservations C1/C2, top-ups and the reserve
 C3, chunk budget A1, decision time), :meth:`ExtMetrics.observe_victims` (C4/C5 decisions),
 :meth:`ExtMetrics.observe_predictor` (C1 service answers) and :meth:`ExtMetrics.observe_finish` (bound coverage).
-Preemptions are counted where SGLang really retracts (:data:`METRICS_HOOKS` wraps ``ScheduleBatch.retract_decode``),
-with the mode C5 decided for that request (recompute when the policy decided nothing) and the cost the latency
-model gives for that mode.
+Preemptions are counted where SGLang really retracts (:data:`METRICS_HOOKS` sit before and after
+``ScheduleBatch.retract_decode``), with the mode C5 decided for that request (recompute when the policy decided
+nothing) and the cost the latency model gives for that mode.
 """
 
 from __future__ import annotations
@@ -316,17 +316,23 @@ def after_scheduler_init(result: Any, sched: Any, *args: Any, **kwargs: Any) -> 
         logger.warning("sglang_ext: metrics off: %s: %s", type(e).__name__, e)
 
 
-def around_retract_decode(original: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
-    m = _CURRENT
-    if not m.enabled:
-        return original(batch, *args, **kwargs)
-    before = {r.rid: _own_tokens(r) for r in batch.reqs}
-    result = original(batch, *args, **kwargs)
+_BEFORE_RETRACT: dict[int, dict[str, tuple[int, int]]] = {}  # id(batch) -> its requests' KV before retract_decode
+
+
+def before_retract_decode(batch: Any, *args: Any, **kwargs: Any) -> None:
+    """BEFORE and AFTER hooks, not a second AROUND beside the adapter's (SGLang warns about stacked AROUNDs)."""
+    if _CURRENT.enabled:
+        _BEFORE_RETRACT[id(batch)] = {r.rid: _own_tokens(r) for r in batch.reqs}
+
+
+def after_retract_decode(result: Any, batch: Any, *args: Any, **kwargs: Any) -> None:
+    before = _BEFORE_RETRACT.pop(id(batch), None)
+    if before is None or not _CURRENT.enabled:
+        return
     try:
-        m.observe_retracted(before, result[0])
-    except Exception as e:
+        _CURRENT.observe_retracted(before, result[0])
+    except Exception as e:  # metrics must never stop the scheduler
         logger.warning("sglang_ext: preemption metrics failed: %s: %s", type(e).__name__, e)
-    return result
 
 
 def _own_tokens(req: Any) -> tuple[int, int]:
@@ -342,5 +348,6 @@ def _own_tokens(req: Any) -> tuple[int, int]:
 
 METRICS_HOOKS = (
     ("sglang.srt.managers.scheduler.Scheduler.__init__", after_scheduler_init, "AFTER"),
-    ("sglang.srt.managers.schedule_batch.ScheduleBatch.retract_decode", around_retract_decode, "AROUND"),
+    ("sglang.srt.managers.schedule_batch.ScheduleBatch.retract_decode", before_retract_decode, "BEFORE"),
+    ("sglang.srt.managers.schedule_batch.ScheduleBatch.retract_decode", after_retract_decode, "AFTER"),
 )
