@@ -1,7 +1,7 @@
 """The extension's metrics API (sglang_ext.metrics) in process, against its own registry: what each call counts, that
 a chunked prefill continuing is not a new admission, that coverage compares the bound used at admission, that
 preemptions carry C5's mode and the latency model's cost, and that the disabled instance does nothing. The same
-metrics on a real server's ``/metrics`` are checked in tests/test_server_metrics.py."""
+metrics on a real server's ``/metrics`` are checked in tests/test_server_sglang_tools.py."""
 
 from __future__ import annotations
 
