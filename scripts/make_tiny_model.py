@@ -5,6 +5,10 @@ package ``mistral_common`` (a real 32k vocabulary, so prompt lengths from text a
 tokenizer that counts the AlpacaEval Mistral responses). Weights come from ``--load-format dummy`` at serve time.
 
 The shape is chosen to be small enough for 2 CPU cores while keeping the KV pool a real, contended resource.
+
+The tokenizer carries Mistral-Instruct's chat format (``[INST] ... [/INST]``) so SGLang's ``/v1/chat/completions``
+and ``bench_serving --apply-chat-template`` work; a system message is put before the first user turn (Mistral's
+format has no system role).
 """
 
 from __future__ import annotations
@@ -18,6 +22,15 @@ import mistral_common
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "models" / "tiny-llama"
 SP_MODEL = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(system='') %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% set ns.system = message['content'] + '\\n\\n' %}"
+    "{% elif message['role'] == 'user' %}{{ '[INST] ' + ns.system + message['content'] + ' [/INST]' }}"
+    "{% set ns.system = '' %}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + eos_token }}"
+    "{% endif %}{% endfor %}"
+)
 
 
 def write(out: Path) -> Path:
@@ -28,6 +41,7 @@ def write(out: Path) -> Path:
         raise SystemExit(f"make_tiny_model: tokenizer file {SP_MODEL} is missing (is mistral_common installed?)")
     shutil.copy(SP_MODEL, out / "tokenizer.model")
     tok = LlamaTokenizer.from_pretrained(out, legacy=False)  # converts the SentencePiece model (needs protobuf)
+    tok.chat_template = CHAT_TEMPLATE
     cfg = LlamaConfig(
         vocab_size=tok.vocab_size,
         hidden_size=64,

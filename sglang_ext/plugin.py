@@ -126,8 +126,9 @@ def load() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     from sglang_ext.adapter.hooks import SCHEDULER_HOOKS
+    from sglang_ext.metrics import METRICS_HOOKS
 
     HookRegistry.register("sglang.srt.server_args.ServerArgs.add_cli_args", _after_add_cli_args, HookType.AFTER)
     HookRegistry.register("sglang.srt.server_args.ServerArgs.from_cli_args", _around_from_cli_args, HookType.AROUND)
-    for target, fn, kind in SCHEDULER_HOOKS:
+    for target, fn, kind in (*SCHEDULER_HOOKS, *METRICS_HOOKS):
         HookRegistry.register(target, fn, HookType[kind])

@@ -23,8 +23,8 @@ from policies.latency import IterationLatencyModel
 from policies.length_dist import LengthDistribution
 from policies.views import LengthEstimate
 from sglang_ext.adapter import hooks
-from tests.test_adapter_faithful import plugin_hooks  # noqa: F401 - the plugin's hooks on SGLang's classes
 from tests.sglang_harness import CHUNK, POOL, StockSGLang, script
+from tests.test_adapter_faithful import plugin_hooks  # noqa: F401 - the plugin's hooks on SGLang's classes
 from tests.test_sglang_faithful import sglang_ready  # noqa: F401
 
 pytestmark = pytest.mark.slow

@@ -23,6 +23,7 @@ from policies.config import ExtConfig
 from policies.latency import BatchShape
 from policies.views import SLO, Admit, IterationPlan, LengthEstimate, PreemptMode, SchedulerView, WaitingView
 from predictors.online import OnlineLengthBound
+from sglang_ext import metrics as ext_metrics
 from sglang_ext.adapter import translate
 
 logger = logging.getLogger("sglang_ext")
@@ -105,6 +106,7 @@ class Adapter:
         if self.predictor is None:
             return None
         est = self.predictor.estimate(req.rid)
+        ext_metrics.get().observe_predictor(req.rid, est is not None, self.now() - self.arrival.get(req.rid, 0.0))
         if est is None:
             self.counters["predictor_fallbacks"] += 1
             return self.predictor.fallback(req.rid, int(req.sampling_params.max_new_tokens or 0))
@@ -172,7 +174,9 @@ class Adapter:
         """Requests the adapter knew that left neither by finishing (seen in ``on_finished``) nor by retraction:
         aborted by SGLang or the client. Their allocations return."""
         for rid in [r for r in self.known if r not in live]:
-            self.core.aborted(rid, self.known.pop(rid))
+            out = self.known.pop(rid)
+            self.core.aborted(rid, out)
+            ext_metrics.get().observe_finish(rid, out)
             self._forget(rid)
 
     def _forget(self, rid: str) -> None:
@@ -188,6 +192,7 @@ class Adapter:
         if rid not in self.arrival and rid not in self.core.ledger:
             return  # not a request this adapter saw (or already reported)
         self.core.finished(rid, out)
+        ext_metrics.get().observe_finish(rid, out)
         if self.online is not None:
             self.online.observe(out)
         if self.predictor is not None:
@@ -218,7 +223,9 @@ class Adapter:
         view = self.build_view(sched, list(running_batch.reqs), sched.chunked_req)
         t = time.perf_counter()
         plan = self.core.plan(view)
-        self.counters["decision_us_total"] += int((time.perf_counter() - t) * 1e6)
+        decision_s = time.perf_counter() - t
+        self.counters["decision_us_total"] += int(decision_s * 1e6)
+        ext_metrics.get().observe_plan(view, plan, decision_s)
         self.plan = plan
         self.plan_rank = {a.rid: i for i, a in enumerate(plan.admit)}
         waiting = {w.rid: w for w in view.waiting}
@@ -272,6 +279,7 @@ class Adapter:
         )  # fmt: skip
         view = SchedulerView(now_s=self.now(), waiting=(), running=running, pool=pool, arrival_rate=self._rate)
         victims = self.core.victims(view, kv_to_free(decode_need(running, pool.page_size), pool.available_tokens))
+        ext_metrics.get().observe_victims(view, victims)
         idx = translate.index_by_rid(reqs)
         chosen = [idx[v.rid] for v in victims if v.rid in idx]
         for v in victims:
