@@ -130,7 +130,10 @@ def test_no_policy_view_carries_the_target_length() -> None:
     with_target, without = req({**slo_only, "target_len": 42}), req(slo_only)
     default = SLO(None, None)
     assert translate.request_slo(with_target, default) == translate.request_slo(without, default)
-    running = lambda r, t, slo, est, _: translate.running_view(r, t, slo, est, None, None, None)  # noqa: E731
+    from host.core import AllocationFields
+
+    alloc = AllocationFields(kv_allocated=36)
+    running = lambda r, t, slo, est, _: translate.running_view(r, t, slo, est, alloc, None, None)  # noqa: E731
     for build in (translate.waiting_view, running):
         a, b = (build(r, 0.0, translate.request_slo(r, default), None, None) for r in (with_target, without))
         assert a == b and "42" not in repr(a)
