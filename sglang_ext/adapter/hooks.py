@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 from policies.views import SLO
-from sglang_ext.adapter import translate
+from sglang_ext.adapter import preempt, swap, translate
 from sglang_ext.adapter.state import Adapter
 
 logger = logging.getLogger("sglang_ext")
@@ -33,7 +33,10 @@ def after_scheduler_init(result: Any, sched: Any, *args: Any, **kwargs: Any) -> 
     cfg = config.current()
     if not cfg.enabled:
         return
+    swap.install(sched, cfg.cacheopt.swap_space_tokens)  # before capabilities: they declare whether swap is usable
     _ADAPTER = Adapter(cfg, translate.capabilities(sched))
+    if (mgr := swap.manager()) is not None:  # restore a swapped-out request only when the plan admits it
+        mgr.admit_gate = lambda rid, a=_ADAPTER: a.plan is None or rid in a.plan_rank
     from sglang_ext.adapter.prefill import PolicyPrefillAdder
 
     PolicyPrefillAdder.adapter = _ADAPTER
@@ -47,6 +50,8 @@ def around_prefill_raw(original: Any, sched: Any, *args: Any, **kwargs: Any) -> 
     # Planned every iteration SGLang considers a prefill (also with an empty queue): stateful policies (the
     # sglang baseline's ratio decay, AccelGen's refit) see every iteration, as in the simulator.
     plan = a.make_plan(sched, running_batch)
+    if victims := (*plan.preempt, *preempt.debug_victims(running_batch)):
+        preempt.preempt_now(sched, running_batch, victims)  # before the PrefillAdder: their KV is free for admits
     saved = sched.chunked_prefill_size
     if plan.token_budget is not None and saved is not None:
         sched.chunked_prefill_size = max(int(plan.token_budget), 1)
@@ -85,6 +90,8 @@ def around_retract_decode(original: Any, batch: Any, *args: Any, **kwargs: Any) 
         result = original(batch, *args, **kwargs)
     finally:
         _RETRACTING.pop()
+        if (mgr := swap.manager()) is not None:
+            mgr.clear_marks()  # victims marked but not needed by SGLang keep running
     if _ADAPTER is not None:
         _ADAPTER.counters["retractions"] += len(result[0])
     return result
@@ -135,4 +142,5 @@ SCHEDULER_HOOKS = (
     (f"{BATCH}.retract_decode", around_retract_decode, "AROUND"),
     (f"{BATCH}._get_decode_retraction_order", around_retraction_order, "AROUND"),
     ("sglang.srt.sampling.sampling_params.SamplingParams.verify", after_sampling_verify, "AFTER"),
+    *swap.SWAP_HOOKS,
 )

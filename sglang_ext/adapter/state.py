@@ -18,9 +18,9 @@ from policies import base as policy_registry
 from policies.capabilities import HostCapabilities
 from policies.config import ExtConfig
 from policies.latency import BatchShape
-from policies.views import SLO, IterationPlan, LengthEstimate, PreemptMode, SchedulerView
+from policies.views import SLO, IterationPlan, LengthEstimate, SchedulerView
 from predictors.online import OnlineLengthBound
-from sglang_ext.adapter import translate
+from sglang_ext.adapter import swap, translate
 
 logger = logging.getLogger("sglang_ext")
 
@@ -210,7 +210,7 @@ class Adapter:
             self.out_alloc[rid] = self.out_alloc.get(rid, 0) + extra
             self.counters["topups"] += 1
         if plan.preempt:
-            self.counters["plan_preempts_deferred"] += len(plan.preempt)
+            self.counters["plan_preempts"] += len(plan.preempt)
         self.counters["plans"] += 1
         self.counters["admitted"] += len(plan.admit)
         if self.cfg.log_decisions:
@@ -254,11 +254,11 @@ class Adapter:
         victims = self.policy.choose_victims(view, tokens_needed)
         idx = translate.index_by_rid(reqs)
         chosen = [idx[v.rid] for v in victims if v.rid in idx]
+        mgr = swap.manager()
         for v in victims:
             self.counters[f"victim_{v.mode.value}_decided"] += 1
-            if v.mode is PreemptMode.SWAP:
-                self.counters["swap_fell_back_to_recompute"] += 1  # no host KV pool on CPU (see notes)
-                logger.info("sglang_ext: C5 chose swap for %s; CPU has no host KV pool, recomputing", v.rid)
+            if mgr is not None:
+                mgr.mark(v.rid, v.mode)  # swap.around_release_req copies SWAP victims out before SGLang frees them
         rest = [i for i in default if i not in set(chosen)]
         return rest + list(reversed(chosen))
 

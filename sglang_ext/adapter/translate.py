@@ -13,8 +13,10 @@ SLO_KEYS = ("ttft_slo_ms", "tbt_slo_ms")
 
 
 def capabilities(sched: Any) -> HostCapabilities:
-    """What this SGLang scheduler offers a policy, read from its own settings. Swap (C5) needs a host KV buffer
-    the adapter does not drive yet, so it is declared unavailable and C5 decides recompute."""
+    """What this SGLang scheduler offers a policy, read from its own settings. Swap (C5) is available when the
+    swap manager was installed for this scheduler (:func:`sglang_ext.adapter.swap.install`)."""
+    from sglang_ext.adapter import swap
+
     model_config = getattr(sched, "model_config", None)
     running = getattr(sched, "max_running_requests", None)
     return HostCapabilities(
@@ -23,7 +25,7 @@ def capabilities(sched: Any) -> HostCapabilities:
         max_prefill_tokens=int(getattr(sched, "max_prefill_tokens", None) or 16384),
         max_running_requests=int(running) if running else None,
         mixed_chunk=bool(getattr(sched, "is_mixed_chunk", False)),
-        swap=False,
+        swap=swap.manager() is not None,
         measures_iterations=True,
         context_len=getattr(model_config, "context_len", None),
     )
