@@ -54,7 +54,9 @@ def around_prefill_raw(original: Any, sched: Any, *args: Any, **kwargs: Any) -> 
         preempt.preempt_now(sched, running_batch, victims)  # before the PrefillAdder: their KV is free for admits
     saved = sched.chunked_prefill_size
     if plan.token_budget is not None and saved is not None:
-        sched.chunked_prefill_size = max(int(plan.token_budget), 1)
+        # SGLang charges a chunk in whole pages: a budget below one page would admit nothing, every iteration
+        page = int(getattr(sched, "page_size", 1) or 1)
+        sched.chunked_prefill_size = -(-max(int(plan.token_budget), 1) // page) * page
     try:
         return original(sched, *args, **kwargs)
     finally:
