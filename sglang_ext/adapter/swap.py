@@ -20,10 +20,9 @@ alignment intact; until admission the restored rows are evictable cache, so they
 The host copy is kept until the request is admitted (``ScheduleBatch.prepare_for_extend``), so restored rows
 evicted before admission are restored again, or, if admitted without them, counted as a fallback.
 
-Falls back to recompute (counted) when host memory is full (``--ext-cacheopt-swap-space-tokens``), when the
-sequence is shorter than a page, or when a structure is not supported (radix cache disabled: SGLang then matches
-nothing, so restored rows could not become the prefix; hybrid/SWA/Mamba pools, speculative decoding, PD
-disaggregation): :func:`usable` says why and the manager is not installed.
+Falls back to recompute (counted) when the host budget (``--ext-cacheopt-swap-space-tokens``) is full or the KV
+is shorter than a page; structures it cannot serve (radix cache disabled, hybrid pools, speculative decoding, PD
+disaggregation) leave it uninstalled (:func:`usable` says why). Details and limits: ``docs/swap.md``.
 """
 
 from __future__ import annotations
@@ -204,12 +203,12 @@ class SwapManager:
         if n <= 0:
             st.fallback_too_short += 1
             return False
+        self.discard(req.rid)  # a stale copy (never expected: admission frees it) must not count against the budget
         if st.host_tokens + n > self.budget_tokens:
             st.fallback_no_space += 1
             logger.info("sglang_ext swap: host budget full (%d + %d > %d tokens), %s recomputes",
                         st.host_tokens, n, self.budget_tokens, req.rid)  # fmt: skip
             return False
-        self.discard(req.rid)
         idx = self.req_to_token_pool.req_to_token[row, :n].to(device=self.device, dtype=torch.int64)
         with _Timer(self.device) as t:
             rows = []
@@ -355,7 +354,7 @@ def uninstall() -> None:
     _MANAGER = None
 
 
-# --- hooks (registered through sglang_ext.adapter.hooks.SCHEDULER_HOOKS; no-ops without a manager) -------------------
+# --- hooks (in sglang_ext.adapter.hooks.SCHEDULER_HOOKS; no-ops without a manager) ----------------------------------
 def around_release_req(original: Any, batch: Any, idx: int, *args: Any, **kwargs: Any) -> Any:
     """``ScheduleBatch.release_req(idx, remaining, offload_kv=True)``: retraction and preemption release a running
     request here; aborts pass ``offload_kv=False`` and are never swapped."""
