@@ -57,7 +57,7 @@ def server(request: pytest.FixtureRequest, seeded_model: Path, tmp_path_factory:
     args = cpu_server_args(seeded_model, pool_tokens=2048, extra=extra)
     args[args.index("dummy")] = "auto"  # the seeded weights, loaded for real
     env = {"SGLANG_EXT_DEBUG_PREEMPT": f"swapme:{AFTER}:swap,recomp:{AFTER}:recompute", "SGLANG_TEST_RETRACT": "1",
-           "SGLANG_TEST_RETRACT_INTERVAL": "10"}  # fmt: skip
+           "SGLANG_TEST_RETRACT_INTERVAL": "10", "SGLANG_EXT_LOG_EVERY_S": "0.5"}  # fmt: skip
     log = tmp_path_factory.mktemp(f"swap-srv-{page}") / "server.log"
     with ServerProcess(args, env=env, log_path=log) as srv:
         yield srv, page
@@ -117,3 +117,6 @@ def test_swaps_chosen_by_c5_in_sglang_retractions_keep_outputs(server) -> None:
     swapped = set(re.findall(r"sglang_ext swap-out rid=(c\d)", log))
     assert swapped and swapped <= set(re.findall(r"sglang_ext swap-in rid=(c\d)", log))
     assert "Testing retraction. #retracted_reqs: 1" in log
+    stats = [json.loads(c.replace("'", '"')) for c in re.findall(r"sglang_ext swap stats: (\{.*\})", log)]
+    assert stats and stats[-1]["swaps_out"] >= 1 and stats[-1]["swaps_in"] >= 1
+    assert stats[-1]["bytes_out"] > 0 and stats[-1]["seconds_out"] > 0

@@ -267,3 +267,5 @@ class Adapter:
         if now - self._last_log >= LOG_EVERY_S:
             self._last_log = now
             logger.info("sglang_ext counters: %s", dict(sorted(self.counters.items())))
+            if (mgr := swap.manager()) is not None and (mgr.stats.swaps_out or mgr.stats.recompute_marked):
+                logger.info("sglang_ext swap stats: %s", mgr.stats.as_dict())
