@@ -18,7 +18,7 @@ from policies import base as policy_registry
 from policies.capabilities import HostCapabilities
 from policies.config import ExtConfig
 from policies.latency import BatchShape
-from policies.views import SLO, IterationPlan, LengthEstimate, SchedulerView
+from policies.views import SLO, IterationPlan, LengthEstimate, PreemptMode, SchedulerView
 from predictors.online import OnlineLengthBound
 from sglang_ext.adapter import swap, translate
 
@@ -259,6 +259,8 @@ class Adapter:
             self.counters[f"victim_{v.mode.value}_decided"] += 1
             if mgr is not None:
                 mgr.mark(v.rid, v.mode)  # swap.around_release_req copies SWAP victims out before SGLang frees them
+            elif v.mode is PreemptMode.SWAP:
+                self.counters["swap_unavailable_recomputed"] += 1  # no swap manager here (see swap.usable)
         rest = [i for i in default if i not in set(chosen)]
         return rest + list(reversed(chosen))
 
