@@ -25,4 +25,6 @@ class CacheOptAccelGenPolicy(AccelGenPolicy):
         self, latency: LatencyModel, config: ExtConfig | None = None, host: HostCapabilities | None = None
     ) -> None:
         config = config if config is not None else ExtConfig()
-        super().__init__(latency, config, host, gate=CacheOptGate(config.cacheopt, latency))
+        host = host if host is not None else HostCapabilities()
+        gate = CacheOptGate(config.cacheopt, latency, mixed=True, swap=host.swap)  # AccelGen's plans are mixed
+        super().__init__(latency, config, host, gate=gate)

@@ -70,11 +70,21 @@ class PredictorConfig:
 class CacheOptConfig:
     """CacheOPT components C1-C5, each switchable for ablation."""
 
+    admission: str = opt("pool", "Admission rule: pool (the peak of the batch's summed remaining demand, from the "
+                         "predictive distributions, kept under the pool at a target confidence; padding shared) "
+                         "or paper (each request's bound reserved separately, reuse of unused tails).",
+                         ("pool", "paper"))  # fmt: skip
+    pool_confidence: float = opt(
+        0.9,
+        "Pool rule: probability that the live requests' KV stays within the pool "
+        "(at zero load; adapted to the arrival rate like C1: conf / (1 + beta * rate)).",
+    )
+    pool_rate_beta: float = opt(0.001, "Pool rule: arrival-rate sensitivity of its confidence (C1's beta).")
+    alloc_quantile: float = opt(0.9, "Pool rule: a request's ledger allocation is this quantile of its length "
+                                "(C3 tops it up past that; only requests beyond it draw the reserve).")  # fmt: skip
     demand: bool = opt(True, "C1: estimate KV demand from the bounded predicted length (off: max_new_tokens).")
     reuse: bool = opt(True, "C2: let waiting requests reuse running requests' allocated-but-unused KV.")
     reuse_buffer: int = opt(8, "C2: safety buffer (tokens) in the reuse condition.")
-    reuse_scope: str = opt("batch", "C2: reuse the unused tails of one host (the paper's pairwise condition) or of "
-                           "the whole running batch (its predicted KV peak).", ("host", "batch"))  # fmt: skip
     topup: bool = opt(True, "C3: extend allocations proactively before they run out.")
     topup_horizon: int = opt(2, "C3: top up when fewer than this many iterations of room remain.")
     topup_tokens: int = opt(32, "C3: tokens added per top-up.")
@@ -89,6 +99,9 @@ class CacheOptConfig:
     mixed_chunk: bool = opt(False, "Batching: decodes ride along with prefill chunks (off: SGLang's alternation).")
 
     def __post_init__(self) -> None:
+        _check(0.5 <= self.pool_confidence < 1, "--ext-cacheopt-pool-confidence", "must be in [0.5, 1)")
+        _check(self.pool_rate_beta >= 0, "--ext-cacheopt-pool-rate-beta", "must be >= 0")
+        _check(0.5 <= self.alloc_quantile < 1, "--ext-cacheopt-alloc-quantile", "must be in [0.5, 1)")
         _check(self.reuse_buffer >= 0, "--ext-cacheopt-reuse-buffer", "must be >= 0")
         _check(self.topup_horizon >= 0, "--ext-cacheopt-topup-horizon", "must be >= 0")
         _check(self.topup_tokens > 0, "--ext-cacheopt-topup-tokens", "must be > 0")

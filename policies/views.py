@@ -48,10 +48,11 @@ class WaitingView:
     slo: SLO = SLO()
     cached_len: int = 0  # prompt tokens already held by the radix prefix cache
     output_len: int = 0  # tokens generated before a preemption (recompute re-prefills prompt + these)
-    prefilled_len: int = 0  # tokens of an in-progress chunked prefill already in the KV pool
+    prefilled_len: int = 0  # mid-prefill: tokens of the sequence already in the KV pool, its cached prefix included
     estimate: LengthEstimate | None = None
     swapped_out: bool = False  # KV sits in host memory: resuming is a swap-in, not a prefill
     first_token_s: float | None = None  # set when the request already produced tokens before a preemption
+    kv_allocated: int = 0  # mid-prefill: cached prefix + its ledger allocation (0 = not admitted yet)
 
     @property
     def seq_len(self) -> int:
@@ -68,13 +69,16 @@ class RunningView:
     prompt_len: int
     output_len: int
     max_new_tokens: int
-    kv_used: int  # tokens of KV this request holds now
-    kv_allocated: int  # tokens the policy has reserved for it (>= kv_used for reservation policies)
+    kv_used: int  # tokens of KV this request holds now (its cached prefix included)
+    kv_allocated: int  # cached prefix + its ledger allocation (>= kv_used); kv_used when it holds no allocation
     slo: SLO = SLO()
     estimate: LengthEstimate | None = None
     last_token_s: float | None = None
     first_token_s: float | None = None
     cached_len: int = 0  # prefix tokens shared with the radix cache (not freed by a preemption)
+    kv_lent: int = 0  # tokens of its allocation lent to pairwise guests (C2; the host's ledger)
+    lender: str | None = None  # a guest's lender: a request id or ``host.ledger.BATCH`` (C2)
+    reserve_drawn: int = 0  # tokens of its top-ups drawn from the global reserve (C3)
 
     @property
     def seq_len(self) -> int:
@@ -130,12 +134,15 @@ class PreemptMode(str, Enum):
 @dataclass(frozen=True, slots=True)
 class Admit:
     """Admit (or continue) a waiting request this iteration with ``prefill_tokens`` of its prompt.
-    ``reserve_tokens`` is the KV the policy accounts for it over its lifetime (allocation, C2)."""
+    ``reserve_tokens`` is its private KV allocation over its lifetime (prompt beyond its cached prefix + the output
+    it may grow into; C2), recorded in the host's ledger. ``budget_tokens`` is what the engine's admission budget
+    charges it (SGLang's ``total_tokens``; None: extend + reserved output + a page, see ``host.budget``)."""
 
     rid: str
     prefill_tokens: int
     reserve_tokens: int = 0
-    host_rid: str | None = None  # set when it reuses another request's allocated-but-unused KV (C2)
+    host_rid: str | None = None  # its lender when it reuses allocated-but-unused KV: a request id or BATCH (C2)
+    budget_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,5 +159,7 @@ class IterationPlan:
     token_budget: int | None = None  # forward tokens this iteration (decodes + prefill chunk); None = host default
     preempt: tuple[Preempt, ...] = ()
     topups: tuple[tuple[str, int], ...] = ()  # (rid, extra tokens reserved) (C3)
+    reserve_draws: tuple[tuple[str, int], ...] = ()  # the top-ups (rid, tokens) drawn from the global reserve (C3)
+    kv_hold: int | None = None  # free KV kept back for running requests' growth + the reserve (engine budget offset)
     run_decodes: bool = True  # False: this iteration is prefill-only (SGLang's default alternation)
     notes: dict[str, float] = field(default_factory=dict)  # counters for logs/metrics, never read by hosts

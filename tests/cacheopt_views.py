@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from policies.config import CacheOptConfig
 from policies.latency import BatchShape
+from policies.length_dist import LengthDistribution
 from policies.views import SLO, LengthEstimate, PoolView, RunningView, SchedulerView, WaitingView
 
 
@@ -37,15 +38,20 @@ def waiting(
     arrival: float = 0.0,
     ttft_ms: float | None = None,
     tbt_ms: float | None = None,
+    dist: LengthDistribution | None = None,
     **kw,
 ) -> WaitingView:
+    if dist is not None:
+        estimate = LengthEstimate(int(dist.quantile(0.5)), int(dist.quantile(0.9)), 0.9, dist=dist)
+    else:
+        estimate = est(bound, bound) if bound is not None else None
     return WaitingView(
         rid=rid,
         arrival_s=arrival,
         prompt_len=prompt,
         max_new_tokens=max_new,
         slo=SLO(ttft_ms, tbt_ms),
-        estimate=est(bound, bound) if bound is not None else None,
+        estimate=estimate,
         **kw,
     )
 
@@ -62,8 +68,17 @@ def running(
     tbt_ms: float | None = None,
     arrival: float = 0.0,
     cached: int = 0,
+    lent: int = 0,
+    lender: str | None = None,
+    drawn: int = 0,
+    dist: LengthDistribution | None = None,
 ) -> RunningView:
     used = prompt + out
+    estimate = None
+    if bound is not None or dist is not None:
+        p = point if point is not None else (bound if bound is not None else int(dist.quantile(0.5)))
+        b = bound if bound is not None else int(dist.quantile(0.9))
+        estimate = LengthEstimate(p, b, 0.9, dist=dist)
     return RunningView(
         rid=rid,
         arrival_s=arrival,
@@ -73,8 +88,11 @@ def running(
         kv_used=used,
         kv_allocated=alloc if alloc is not None else used,
         slo=SLO(None, tbt_ms),
-        estimate=LengthEstimate(point if point is not None else bound, bound, 0.9) if bound is not None else None,
+        estimate=estimate,
         cached_len=cached,
+        kv_lent=lent,
+        lender=lender,
+        reserve_drawn=drawn,
     )
 
 
@@ -93,3 +111,8 @@ def view(
 
 def config(**kw) -> CacheOptConfig:
     return CacheOptConfig(**kw)
+
+
+def paper(**kw) -> CacheOptConfig:
+    """The paper's rule (per-request bounds, pairwise reuse)."""
+    return CacheOptConfig(admission="paper", **kw)

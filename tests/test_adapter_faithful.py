@@ -57,11 +57,20 @@ class AdaptedSGLang(StockSGLang):
 def plugin_hooks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     from sglang.srt.managers import schedule_policy
     from sglang.srt.managers.schedule_batch import ScheduleBatch
+    from sglang.srt.mem_cache import common
 
     from sglang_ext.adapter.prefill import PolicyPrefillAdder
 
     order = ScheduleBatch._get_decode_retraction_order
     retract = ScheduleBatch.retract_decode
+    release = common.release_kv_cache
+
+    def released(req, *args, **kwargs):  # the plugin's AFTER hook on release_kv_cache
+        result = release(req, *args, **kwargs)
+        hooks.after_release_kv_cache(result, req, *args, **kwargs)
+        return result
+
+    monkeypatch.setattr(common, "release_kv_cache", released)
     monkeypatch.setattr(schedule_policy, "PrefillAdder", PolicyPrefillAdder)
     monkeypatch.setattr(ScheduleBatch, "_get_decode_retraction_order",
                         staticmethod(lambda reqs: hooks.around_retraction_order(order, reqs)))  # fmt: skip

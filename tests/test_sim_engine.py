@@ -111,6 +111,8 @@ def test_policy_that_never_admits_fails_loudly():
 
 
 class Greedy(Spy):
+    owns_kv_accounting = False  # no engine budget in the way: only the physical pool can stop it
+
     def plan(self, view):
         return IterationPlan(admit=tuple(Admit(w.rid, w.seq_len) for w in view.waiting))
 
@@ -118,6 +120,19 @@ class Greedy(Spy):
 def test_over_commit_is_a_policy_error():
     with pytest.raises(PolicyError, match="over-committed"):
         Simulator(Greedy(LAT), LAT, pool_tokens=100).run([spec(f"r{i}", 0, 40, 3) for i in range(3)])
+
+
+class GreedyReserver(Greedy):
+    """Owns its KV accounting, so its plans are executed under the engine's prefill budget (host.budget)."""
+
+    owns_kv_accounting = True
+
+
+def test_reserving_policy_is_held_to_the_engine_budget_and_refusals_are_counted():
+    sim = Simulator(GreedyReserver(LAT), LAT, pool_tokens=100, check_invariants=True)
+    res = sim.run([spec(f"r{i}", 0, 40, 3) for i in range(3)])
+    assert all(r.ok for r in res.records)  # the third waits until the first two leave instead of over-committing
+    assert sim.core.counters["budget_refusals"] >= 1
 
 
 def test_shared_prefix_blocks_hit_the_radix_cache():

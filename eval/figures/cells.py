@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[2]
-FINGERPRINT_PATHS = ("policies", "eval/sim", "profiles", "eval/workloads.py", "eval/slo.py", "eval/metrics.py",
+FINGERPRINT_PATHS = ("policies", "host", "eval/sim", "profiles", "eval/workloads.py", "eval/slo.py", "eval/metrics.py",
                      "data/profiles", "predictors/bounds.py", "predictors/models", "eval/cacheopt_eval.py",
                      "eval/accelgen_eval.py", "eval/figures/cells.py")  # fmt: skip
 BURST = "burst"  # a rate meaning "every request arrives at t = 0"

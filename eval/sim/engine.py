@@ -21,7 +21,6 @@ accounts a hit as pinned: it leaves the evictable pool when its request is admit
 from __future__ import annotations
 
 import dataclasses
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,9 +31,11 @@ from eval.sim.kv_ops import KVOps, PolicyError, SimulationStalled
 from eval.sim.pool import KVPool, OverCommitError
 from eval.sim.request import PREFILLING, RUNNING, WAITING, SimRequest
 from eval.workloads import RequestSpec
+from host.budget import PrefillBudgetRule, kv_to_free
+from host.core import HostCore
 from policies.base import Policy
 from policies.latency import BatchShape, LatencyModel
-from policies.views import IterationPlan, LengthEstimate, PoolView, PreemptMode, SchedulerView
+from policies.views import Admit, IterationPlan, LengthEstimate, PoolView, PreemptMode, SchedulerView
 
 BLOCK_TOKENS = 512  # Mooncake's hash_ids block size
 Estimator = Callable[[RequestSpec], LengthEstimate | None]
@@ -84,17 +85,15 @@ class Simulator(KVOps):
                 f"{page_size}: build it with eval.sim.make_policy(..., page_size={page_size})"
             )
         self.policy = policy
+        self.core = HostCore(policy, rate_window_s=rate_window_s)
         self.latency = latency
         self.pool = KVPool(pool_tokens, page_size, 4 * pool_tokens if host_tokens is None else host_tokens)
         self.estimator = estimator
         self.block_tokens = block_tokens
-        self.rate_window_s = rate_window_s
         self.check = check_invariants
         self.max_iterations = max_iterations
         self.prefix_cache = prefix_cache  # False: SGLang's --disable-radix-cache (no prefix reuse at all)
         self.oracle = bool(getattr(policy, "needs_oracle", False))
-        hook = getattr(type(policy), "observe_iteration", Policy.observe_iteration)
-        self._observe = policy.observe_iteration if hook is not Policy.observe_iteration else None
         self._wview = rq.oracle_waiting_view if self.oracle else rq.waiting_view
         self._rview = rq.oracle_running_view if self.oracle else rq.running_view
         self.waiting: dict[str, SimRequest] = {}
@@ -103,7 +102,6 @@ class Simulator(KVOps):
         self.requests: list[SimRequest | RequestRecord] = []
         self.stats = SimStats()
         self.now = 0.0
-        self._arrivals: deque[float] = deque()
         self._zero_dt = 0
         self._wtuple: tuple | None = None  # cached views of the waiting queue (None: rebuild)
 
@@ -120,7 +118,7 @@ class Simulator(KVOps):
             if not (self.waiting or self.prefilling or self.running):
                 if i >= n:
                     break
-                self.policy.plan(self._view())  # an idle scheduling point (SGLang resets its ratio here)
+                self.core.plan(self._view())  # an idle scheduling point (SGLang resets its ratio here)
                 self.now = todo[i].arrival_s
                 continue
             if not self._iterate():
@@ -138,27 +136,17 @@ class Simulator(KVOps):
         return SimResult(records, summarize(records), self.stats)
 
     def _iterate(self) -> bool:
-        plan: IterationPlan = self.policy.plan(self._view())
+        view = self._view()
+        plan: IterationPlan = self.core.plan(view)
+        for rid, _ in plan.topups:
+            if not (rid in self.running or rid in self.prefilling or rid in self.waiting):
+                raise PolicyError(f"top-up for {rid!r}: no such live request")
         extra_s = 0.0
         for p in plan.preempt:
             extra_s += self._preempt(p.rid, p.mode)
-        for rid, n in plan.topups:
-            r = self.running.get(rid) or self.prefilling.get(rid) or self.waiting.get(rid)
-            if r is None or r.kv_allocated + n < 0:
-                raise PolicyError(f"top-up of {n} for {rid!r} is not applicable")
-            r.kv_allocated += n
-            r.version += 1
-            self._wtuple = None
         prefills: list[tuple[SimRequest, int, int]] = []
         resumed: list[SimRequest] = []
-        admitted = []
-        for a in plan.admit:  # lock every admitted prefix first, so no allocation below evicts one of them
-            r = self.prefilling.get(a.rid) or self.waiting.get(a.rid)
-            if r is None or any(a.rid == q.rid for q, _ in admitted):
-                raise PolicyError(f"admit of {a.rid!r}: not waiting (or admitted twice)")
-            if r.state == WAITING and not r.host_tokens:
-                self._start_prefill(r)
-            admitted.append((r, a))
+        admitted = self._execute_admissions(plan, view)
         for r, a in admitted:
             if r.host_tokens:
                 extra_s += self._swap_in(r)
@@ -169,7 +157,6 @@ class Simulator(KVOps):
             if not 0 < n <= r.seq_len - before:
                 raise PolicyError(f"admit of {a.rid!r} with {n} prefill tokens; {r.seq_len - before} remain")
             self._grow(r, n)
-            r.kv_allocated = max(r.kv_allocated, a.reserve_tokens, r.kv_used)
             prefills.append((r, n, before))
         decoders: list[SimRequest] = []
         if plan.run_decodes and self.running:
@@ -181,8 +168,8 @@ class Simulator(KVOps):
             return False
         shape = BatchShape(tuple((n, b) for _, n, b in prefills), tuple(r.kv_used for r in decoders))
         forward_s = self.latency.iteration_s(shape) if (prefills or decoders) else 0.0
-        if self._observe is not None and forward_s > 0:
-            self._observe(shape, forward_s)  # the "measured" iteration (A1's online refit learns the true profile)
+        if forward_s > 0:
+            self.core.measured(shape, forward_s)  # the "measured" iteration (A1's refit learns the true profile)
         dt = forward_s + extra_s
         self._zero_dt = self._zero_dt + 1 if dt <= 0 else 0
         if self._zero_dt > 10_000:
@@ -212,8 +199,45 @@ class Simulator(KVOps):
         return True
 
     # --- views ----------------------------------------------------------------------------------------------
+    def _execute_admissions(self, plan: IterationPlan, view: SchedulerView) -> list[tuple[SimRequest, Admit]]:
+        """Apply the plan's admissions in order under the engine's rules: every admitted prefix is locked before
+        any allocation (SGLang forms the batch before ``prepare_for_extend``), and for policies that own their KV
+        accounting each new admission passes SGLang's prefill budget fed from the plan (``host.budget``); the
+        first refusal ends the pass, as ``add_one_req`` returning NO_TOKEN does. A chunk in progress continues
+        without a check (``add_chunked_req``)."""
+        core, pool = self.core, self.pool
+        budget = None
+        if core.owns_kv and plan.admit:
+            mixed = len(self.running) if self.policy.mixed else 0
+            budget = PrefillBudgetRule(lambda: pool.available, core.budget_hold(), pool.page_size, mixed)
+        waiting = {w.rid: w for w in view.waiting}
+        out: list[tuple[SimRequest, Admit]] = []
+        for a in plan.admit:
+            r = self.prefilling.get(a.rid) or self.waiting.get(a.rid)
+            if r is None or any(a.rid == q.rid for q, _ in out):
+                raise PolicyError(f"admit of {a.rid!r}: not waiting (or admitted twice)")
+            w = waiting.get(a.rid) or self._wview(r)
+            new = r.state == WAITING
+            if budget is not None:
+                total, reserve_out = core.admission_terms(a, w)
+                if new and not (budget.has_capacity() and budget.check(total)):
+                    core.refused(a)
+                    break
+                budget.reserve(a.prefill_tokens, reserve_out)
+            if new and not r.host_tokens:
+                self._start_prefill(r)
+            core.committed(a, w)
+            out.append((r, a))
+        return out
+
     def _view(self) -> SchedulerView:
         wv, rv = self._wview, self._rview
+        core = self.core
+        for rid in core.ledger.dirty:  # ledger fields changed: rebuild those views
+            r = self.running.get(rid) or self.prefilling.get(rid)
+            if r is not None:
+                r.version += 1
+        core.ledger.dirty.clear()
         cache = self.pool.cache
         if cache.stale:  # re-match requests whose prefix hit may have changed, and watch their paths again
             stale, cache.stale = cache.stale, []
@@ -238,25 +262,21 @@ class Simulator(KVOps):
             pre = []
             for r in self.prefilling.values():
                 if r.view_version != r.version:
-                    r.view, r.view_version = wv(r), r.version
+                    r.view, r.view_version = wv(r, core.allocation(r.rid, r.kv_used)), r.version
                 pre.append(r.view)
             waiting = (*pre, *waiting)
         running = []
         for r in self.running.values():
             if r.view_version != r.version:
-                r.view, r.view_version = rv(r), r.version
+                r.view, r.view_version = rv(r, core.allocation(r.rid, r.kv_used)), r.version
             running.append(r.view)
         pool = self.pool
-        arr = self._arrivals
-        while arr and arr[0] < self.now - self.rate_window_s:
-            arr.popleft()
-        span = min(self.rate_window_s, max(self.now - (arr[0] if arr else self.now), 1.0))
         return SchedulerView(
             self.now,
             waiting,
             tuple(running),
             PoolView(pool.capacity, pool.free, cache.evictable_tokens, pool.page_size),
-            len(arr) / span,
+            core.arrival_rate(self.now),
             next(iter(self.prefilling)) if self.prefilling else None,
         )
 
@@ -283,7 +303,7 @@ class Simulator(KVOps):
         self.requests.append(r)
         self.waiting[r.rid] = r
         self._wtuple = None
-        self._arrivals.append(spec.arrival_s)
+        self.core.arrived(r.rid, spec.arrival_s)
 
     def _start_prefill(self, r: SimRequest) -> None:
         del self.waiting[r.rid]
@@ -311,7 +331,7 @@ class Simulator(KVOps):
         self._release_device(r)
         r.state = rq.DONE
         r.record.finish_s = self.now
-        self.policy.on_finish(r.rid, r.output_len)
+        self.core.finished(r.rid, r.output_len)
 
     def _preempt(self, rid: str, mode: PreemptMode) -> float:
         r = self.running.pop(rid, None) or self.prefilling.pop(rid, None)
@@ -324,6 +344,7 @@ class Simulator(KVOps):
             swap = False
             self.stats.swap_fallbacks += 1
         self._release_device(r)
+        self.core.preempted(rid, PreemptMode.SWAP if swap else PreemptMode.RECOMPUTE)
         if swap:
             r.host_tokens = tokens
             t = self.latency.swap_s(tokens)
@@ -350,7 +371,6 @@ class Simulator(KVOps):
         self.pool.host_release(tokens)
         r.host_tokens = 0
         r.kv_used = tokens
-        r.kv_allocated = max(r.kv_allocated, tokens)
         r.version += 1
         self.stats.swaps_in += 1
         return self.latency.swap_s(tokens)
@@ -363,11 +383,12 @@ class Simulator(KVOps):
             need = page * sum(1 for r in self.running.values() if (r.kv_used - r.shared_len) % page == 0)
             if need <= self.pool.available or not self.running:
                 return extra
-            victims = self.policy.choose_victims(self._view(), need - self.pool.available)
+            victims = self.core.victims(self._view(), kv_to_free(need, self.pool.available))
             if not victims:  # SGLang aborts the last request when even it cannot decode
                 r = next(reversed(self.running.values()))
                 del self.running[r.rid]
                 self._release_device(r)
+                self.core.aborted(r.rid, r.output_len)
                 r.state = rq.DONE
                 r.record.error = "aborted: out of KV memory even after retracting the other requests"
                 self.stats.aborted += 1

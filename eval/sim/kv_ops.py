@@ -85,7 +85,7 @@ class KVOps:
         private = 0
         for d in (self.prefilling, self.running):
             for r in d.values():
-                assert r.kv_used >= r.shared_len >= 0 and r.kv_allocated >= 0, r.rid
+                assert r.kv_used >= r.shared_len >= 0, r.rid
                 private += pool.pages(r.kv_used - r.shared_len)
         for r in self.waiting.values():
             assert r.kv_used == 0 and r.output_len >= 0

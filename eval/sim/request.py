@@ -12,6 +12,7 @@ from collections.abc import Hashable
 
 from eval.metrics import RequestRecord
 from eval.workloads import RequestSpec
+from host.core import AllocationFields
 from policies.views import SLO, LengthEstimate, OracleRunningView, OracleWaitingView, RunningView, WaitingView
 
 WAITING, PREFILLING, RUNNING, DONE = "waiting", "prefilling", "running", "done"
@@ -29,7 +30,6 @@ class SimRequest:
         "cached_len",
         "estimate",
         "host_tokens",
-        "kv_allocated",
         "kv_used",
         "match_epoch",
         "max_new_tokens",
@@ -81,7 +81,6 @@ class SimRequest:
         self.nodes: list = []  # locked radix nodes, root first
         self.prefilled_len = 0
         self.cached_len = 0
-        self.kv_allocated = 0
         self.host_tokens = 0  # KV held in host memory after a swap-out
         self.match_epoch = -1
         self.version = 0
@@ -101,33 +100,36 @@ class SimRequest:
         return t[0] if t else None
 
 
-def _waiting_fields(r: SimRequest) -> tuple:
-    """WaitingView's fields in order (positional: this runs for every waiting request every iteration)."""
+def _waiting_fields(r: SimRequest, a: AllocationFields | None) -> tuple:
+    """WaitingView's fields in order (positional: this runs for every waiting request every iteration). ``a``: the
+    ledger's fields of a request mid-prefill (None before admission)."""
     t = r.record.token_times_s
     return (r.rid, r.arrival_s, r.prompt_len, r.max_new_tokens, r.slo, r.cached_len, r.output_len,
-            r.prefilled_len, r.estimate, r.host_tokens > 0, t[0] if t else None)  # fmt: skip
+            r.prefilled_len, r.estimate, r.host_tokens > 0, t[0] if t else None,
+            a.kv_allocated if a is not None else 0)  # fmt: skip
 
 
-def _running_fields(r: SimRequest) -> tuple:
+def _running_fields(r: SimRequest, a: AllocationFields) -> tuple:
     """RunningView's fields in order. ``cached_len`` is the hit it was admitted with: shared with others, so a
-    preemption may not free it."""
+    preemption may not free it. ``a``: its ledger fields (allocation, loans, reserve draws) from the host core."""
     t = r.record.token_times_s
-    return (r.rid, r.arrival_s, r.prompt_len, r.output_len, r.max_new_tokens, r.kv_used, r.kv_allocated, r.slo,
-            r.estimate, t[-1] if t else None, t[0] if t else None, r.cached_len)  # fmt: skip
+    return (r.rid, r.arrival_s, r.prompt_len, r.output_len, r.max_new_tokens, r.kv_used, a.kv_allocated, r.slo,
+            r.estimate, t[-1] if t else None, t[0] if t else None, r.cached_len, a.kv_lent, a.lender,
+            a.reserve_drawn)  # fmt: skip
 
 
-def waiting_view(r: SimRequest) -> WaitingView:
-    return WaitingView(*_waiting_fields(r))
+def waiting_view(r: SimRequest, a: AllocationFields | None = None) -> WaitingView:
+    return WaitingView(*_waiting_fields(r, a))
 
 
-def running_view(r: SimRequest) -> RunningView:
-    return RunningView(*_running_fields(r))
+def running_view(r: SimRequest, a: AllocationFields) -> RunningView:
+    return RunningView(*_running_fields(r, a))
 
 
-def oracle_waiting_view(r: SimRequest) -> OracleWaitingView:
+def oracle_waiting_view(r: SimRequest, a: AllocationFields | None = None) -> OracleWaitingView:
     """The same view plus the true output length: only for policies with ``needs_oracle`` (A4)."""
-    return OracleWaitingView(*_waiting_fields(r), r._finish_len)
+    return OracleWaitingView(*_waiting_fields(r, a), r._finish_len)
 
 
-def oracle_running_view(r: SimRequest) -> OracleRunningView:
-    return OracleRunningView(*_running_fields(r), r._finish_len)
+def oracle_running_view(r: SimRequest, a: AllocationFields) -> OracleRunningView:
+    return OracleRunningView(*_running_fields(r, a), r._finish_len)

@@ -86,7 +86,9 @@ class DemandKVGate(PagedPhysicalGate):
 
     def admit(self, req: WaitingView, prefill_tokens: int) -> Admit | None:
         page = self._page
-        later = max(req.seq_len - req.cached_len - req.prefilled_len - prefill_tokens, 0) if not req.swapped_out else 0
+        later = (
+            max(req.seq_len - max(req.cached_len, req.prefilled_len) - prefill_tokens, 0) if not req.swapped_out else 0
+        )
         future = ceil_page(later + max(self.expected_output(req) - req.output_len, 0), page)
         left = self._left
         self._left -= future

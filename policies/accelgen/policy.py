@@ -149,7 +149,7 @@ class AccelGenPolicy(Policy):
         limit_s, best_effort = self.iteration_limit_s(view, decode_ctx)
         nd = len(decode_ctx)
         chunked = next((w for w in view.waiting if w.rid == view.chunked_rid), None)
-        chunk_ctx = chunked.cached_len + chunked.prefilled_len if chunked is not None else 0
+        chunk_ctx = max(chunked.cached_len, chunked.prefilled_len) if chunked is not None else 0
         budget = self.sizer.budget(limit_s, decode_ctx, chunk_ctx) if cfg.dynamic_chunk else max(cfg.pivot_tokens, nd)
         spt = 0.0
         if view.waiting and budget > nd:
@@ -197,8 +197,16 @@ class AccelGenPolicy(Policy):
             notes["binding_ms"] = binding_ms
         if best_effort:
             notes["best_effort"] = float(best_effort)
+        hold = getattr(self.gate, "hold", None)  # gates that reserve future KV (CacheOPT's) state what they hold
+        draws = getattr(self.gate, "reserve_draws", None)
         return IterationPlan(
-            admit=tuple(admits), token_budget=budget, topups=self.gate.topups(), run_decodes=True, notes=notes
+            admit=tuple(admits),
+            token_budget=budget,
+            topups=self.gate.topups(),
+            reserve_draws=draws() if draws is not None else (),
+            kv_hold=hold() if hold is not None else None,
+            run_decodes=True,
+            notes=notes,
         )
 
     def choose_victims(self, view: SchedulerView, tokens_needed: int) -> tuple[Preempt, ...]:

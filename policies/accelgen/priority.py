@@ -78,7 +78,7 @@ class Candidate:
 def remaining_prefill(req: WaitingView) -> tuple[int, int]:
     """(tokens still to prefill, context before them). A swapped-out request resumes by a swap-in: 0 tokens.
     A fully cached prompt still computes its last token (SGLang does), hence at least 1."""
-    ctx = req.cached_len + req.prefilled_len
+    ctx = max(req.cached_len, req.prefilled_len)
     if req.swapped_out:
         return 0, req.seq_len
     return max(req.seq_len - ctx, 1), min(ctx, req.seq_len - 1)

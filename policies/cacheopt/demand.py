@@ -9,8 +9,10 @@ visible cap, ``max_new_tokens``, is the only safe bound — that is also what C1
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from policies.length_dist import LengthDistribution, z_of
 from policies.views import LengthEstimate, RunningView, WaitingView
 
 
@@ -58,3 +60,17 @@ def remaining_tokens(r: RunningView) -> int:
     if left <= 0:
         left = min(est.bound, r.max_new_tokens) - r.output_len
     return max(left, 1)
+
+
+def length_distribution(est: LengthEstimate | None) -> LengthDistribution | None:
+    """The request's predictive length distribution (pool rule): the predictor's quantiles when it gave them, else a
+    log-normal through its point (median) and its bound at the bound's confidence; None without an estimate."""
+    if est is None:
+        return None
+    if est.dist is not None:
+        return est.dist
+    point = max(float(est.point), 1.0)
+    bound = max(float(est.bound), point)
+    z = z_of(est.confidence) if 0.5 < est.confidence < 1.0 else 1.2816  # a bound without a usable level: as 0.9
+    sigma = math.log(bound / point) / z if bound > point else 0.05
+    return LengthDistribution.lognormal(point, sigma)

@@ -1,263 +1,321 @@
 """``CacheOptGate``: CacheOPT's KV management (C1-C5) as a :class:`~policies.kv_gate.KVGate`.
 
 A batching policy (CacheOPT's own SGLang-style batching, or AccelGen in ``cacheopt+accelgen``) decides order and
-token budget; this gate decides whether each candidate's KV fits and what it is accounted for, extends allocations
-before they run out, and picks victims. One planning pass::
+token budget; this gate decides whether each candidate's KV fits and what it is charged, extends allocations before
+they run out, and picks victims. It keeps no allocation state across iterations: allocations, loans and reserve
+draws live in the host's ledger (``host.ledger``) and come back in the views. One planning pass::
 
-    begin(view)          reconcile the ledger with who is running; top up running requests (C3, they come first)
-    admit(req, chunk)*   C1 demand -> C2 own allocation, else reuse of a host's empty tail, else refuse
-    topups()             the pass's allocation extensions, for IterationPlan.topups
+    begin(view)          the promised growth of the live requests, C3 top-ups (they come first), the engine hold
+    admit(req, chunk)*   C1 demand -> the admission rule -> own allocation, a loan (C2), or refuse
+    topups() / reserve_draws() / hold()   for the plan (IterationPlan.topups, .reserve_draws, .kv_hold)
     victims(view, need)  C4 order with C5's swap-or-recompute per victim
 
-Contract with hosts. ``Admit.reserve_tokens`` is the request's whole allocation (its lifetime demand, not a
-per-chunk amount: a continued chunk repeats the same value); ``IterationPlan.topups`` adds to it; hosts report it
-back as ``RunningView.kv_allocated``. The gate also keeps its own ledger, so its accounting holds even for a host that
-does not track allocations. A swapped-out request is resumed with ``prefill_tokens == 0`` (its KV comes back by
-swap-in, ``seq_len - cached_len`` tokens of physical KV). Two guarantees per pass:
+Two admission rules (``--ext-cacheopt-admission``):
 
-* accounting: ``committed + reserve_left <= capacity`` is never broken by an admission or a top-up
-  (see :mod:`policies.cacheopt.allocation`);
-* physical: admitted chunks (each + one decode page, + the running batch's next decode) never exceed
-  ``free + evictable`` tokens.
+* ``pool`` (default): the peak of the live requests' summed remaining demand, from their predictive distributions,
+  with a shared margin at the target confidence, must stay within the free pool beside the reserve
+  (:mod:`policies.cacheopt.risk`). A request whose own allocation no longer fits the sum of allocations lives in the
+  batch's unused tails (lender ``BATCH``, C2 reuse generalised); with C2 off that is refused.
+* ``paper``: each request's bound at the load-adapted confidence (C1) is its allocation; the sum of outstanding
+  allocations plus the reserve must fit the free pool; a request that does not fit may live in one running
+  request's unused tail (the paper's pairwise condition, :class:`HostIndex`).
+
+Contract with hosts (``host.budget``): the plan's ``kv_hold`` is the free KV kept back (promised growth + reserve
+left), each ``Admit.budget_tokens`` what the engine's budget charges it. Every admission is checked here with the
+engine's own arithmetic (``charge + pinned prefix < remaining``, the remaining shrinking by what the engine reserves),
+so SGLang's ``PrefillBudget`` executes the plan as decided; physically, admitted chunks (each + a page) never exceed
+``free + evictable`` beside the next decode step.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from policies.cacheopt.allocation import HostIndex, Ledger, Timeline
-from policies.cacheopt.demand import demand
+from policies.cacheopt.allocation import HostIndex
+from policies.cacheopt.demand import demand, length_distribution, overran
+from policies.cacheopt.pool_rule import LEVELS, PoolRule
+from policies.cacheopt.risk import margin_z, row_quantile
 from policies.cacheopt.swap import choose_mode
-from policies.cacheopt.topup import plan_topups, reserve_left
 from policies.cacheopt.victim import cacheopt_order, pick_victims, sglang_order
-from policies.common import ceil_page
+from policies.common import ceil_page, decode_need
 from policies.config import CacheOptConfig
 from policies.latency import LatencyModel
+from policies.length_dist import LengthDistribution
 from policies.views import Admit, Preempt, PreemptMode, SchedulerView, WaitingView
+
+BATCH = "*batch*"  # the lender of a request admitted into the batch's unused tails (= host.ledger.BATCH)
+MAX_HORIZON = 1 << 17
 
 
 class CacheOptGate:
-    """KV admission, reuse, top-up and victim choice of CacheOPT, usable by any batching policy."""
+    """KV admission, reuse, top-up and victim choice of CacheOPT, usable by any batching policy. ``mixed``: the
+    host runs decodes with prefill chunks (SGLang charges them to the prefill budget); ``swap``: the host can
+    swap KV to host memory (C5)."""
 
-    def __init__(self, config: CacheOptConfig, latency: LatencyModel, reserve_tokens: int | None = None) -> None:
+    def __init__(self, config: CacheOptConfig, latency: LatencyModel, *, mixed: bool = False, swap: bool = True):
         self.cfg = config
         self.latency = latency
-        self.reserve_override = reserve_tokens  # the predictor service's reservation decision, when given
-        self.ledger = Ledger()
+        self.mixed = mixed
+        self.swap = swap
         self.counters: dict[str, float] = {}
         self.permanent_reject = False  # the last refused request can never fit (prompt alone exceeds the pool)
+        self._dists: dict[str, tuple[object, np.ndarray | None]] = {}  # rid -> (estimate, log quantiles) memo
         self._view: SchedulerView | None = None
-        self._topups: tuple[tuple[str, int], ...] = ()
+        self._topups: list[tuple[str, int]] = []
+        self._draws: list[tuple[str, int]] = []
         self._hosts: HostIndex | None = None
-        self._timeline: Timeline | None = None
-        self._live: dict = {}
-        self._arrays: tuple[np.ndarray, np.ndarray | None] = (np.zeros(0, np.int64), None)
-        self._committed = 0
-        self._reserve = 0
-        self._capacity = 0
-        self._physical = 0
-        self._evictable = 0
+        self._rule = PoolRule(self._log_row)
         self._page = 1
-        self._max_room = 0
+        self._capacity = 0
+        self._evictable = 0
+        self._phys = 0  # physical tokens left for this pass's chunks
+        self._remaining = 0  # the engine budget's remaining_total (SGLang's arithmetic)
+        self._hold = 0
+        self._reserve = 0  # reserve left
+        self._reserve_size = 0
+        self._outstanding = 0  # promised growth of own allocations + pairwise guests (paper accounting)
+        self._peak = 0.0  # pool rule: current peak of E[S] + z sd[S]
+        self._used = 0.0  # pool rule: private KV in use now
+        self._free = 0  # free + evictable KV left after this pass's placements (paper accounting)
+        self._z = 0.0
+        self._idle = False
 
+    # --- the pass ----------------------------------------------------------------------------------------------
     def reserve_size(self, view: SchedulerView) -> int:
-        """The global reserve: the host's live decision (``pool.reserve_tokens``), else the option, else config."""
-        if view.pool.reserve_tokens > 0:
-            return view.pool.reserve_tokens
-        if self.reserve_override is not None:
-            return self.reserve_override
-        return self.cfg.reserve_tokens
-
-    def _reserve_size(self, view: SchedulerView) -> int:
-        return self.reserve_size(view) if self.cfg.topup else 0  # C3 off: no top-ups and no reserve
+        """The global reserve (C3): the host's live decision (``pool.reserve_tokens``, e.g. the predictor
+        service's), else the config; none with C3 off."""
+        if not self.cfg.topup:
+            return 0
+        return view.pool.reserve_tokens if view.pool.reserve_tokens > 0 else self.cfg.reserve_tokens
 
     def begin(self, view: SchedulerView) -> None:
         cfg = self.cfg
-        led = self.ledger
+        pool = view.pool
+        page = self._page = pool.page_size
         running = view.running
-        live = {r.rid: r for r in running}
-        self._live = live
-        pending = _prefilling(view, cfg.waiting_window)
-        led.reconcile(live, pending)
-        horizon = cfg.topup_horizon if cfg.topup else -1 << 62
-        committed, low, self._max_room, used, allocs = led.scan(running, live, pending, horizon)
-        capacity = view.pool.capacity_tokens
-        # Never more reserve than is uncommitted: a request admitted into an idle pool may have squeezed it (admit).
-        reserve = min(reserve_left(led, self._reserve_size(view)), max(capacity - committed, 0))
-        unallocated = capacity - committed - reserve
-        topups: list[tuple[str, int]] = []
-        draws = 0
-        if low:
-            topups, unallocated_after, reserve, draws = plan_topups(
-                low, led, max(unallocated, 0), reserve, cfg.topup_tokens, cfg.demand
-            )
-            committed += max(unallocated, 0) - unallocated_after
+        pending = [w for w in view.waiting if w.kv_allocated > 0 and not w.swapped_out]
         self._view = view
-        self._topups = tuple(topups)
         self._hosts = None
-        self._timeline: Timeline | None = None
-        self._committed = committed
+        self._capacity = pool.capacity_tokens
+        self._evictable = pool.evictable_tokens
+        self._idle = not running and not pending
+        avail = pool.available_tokens - (len(running) if self.mixed else 0)
+        self._phys = pool.available_tokens - decode_need(running, page)
+        size = self._reserve_size = self.reserve_size(view)
+        reserve = max(size - sum(r.reserve_drawn for r in running), 0)
+        rooms = np.fromiter((r.kv_allocated - r.kv_used - r.kv_lent for r in running), np.int64, len(running))
+        batch = np.fromiter((r.lender == BATCH for r in running), bool, len(running))
+        outstanding = int(np.maximum(rooms, 0)[~batch].sum())
+        outstanding += sum(max(w.kv_allocated - w.prefilled_len, 0) for w in pending)
+        if cfg.admission == "pool":
+            self._begin_pool(view, pending)
+            growth = max(math.ceil(self._peak - self._used), 0)
+        else:
+            growth = outstanding
+        # C3: top up requests about to exhaust their allocation, from unpromised space, else from the reserve
+        self._topups, self._draws = [], []
+        if cfg.topup and running:
+            unallocated = avail - growth - reserve
+            # least room first; ties by arrival and id (not by how the host lists its batch)
+            for i in sorted(range(len(running)), key=lambda k: (rooms[k], running[k].arrival_s, running[k].rid)):
+                if rooms[i] >= cfg.topup_horizon:
+                    break
+                r = running[i]
+                t = cfg.topup_tokens
+                if unallocated >= t:
+                    unallocated -= t
+                elif reserve > 0 and overran(r, cfg.demand):
+                    t = min(t, reserve)
+                    reserve -= t
+                    self._draws.append((r.rid, t))
+                else:
+                    continue
+                self._topups.append((r.rid, t))
+                if cfg.admission == "paper":
+                    growth += t
+                outstanding += t
+        self._outstanding = outstanding
         self._reserve = reserve
-        self._capacity = capacity
-        page = self._page = view.pool.page_size
-        decode = len(running) if page == 1 else page * int(np.count_nonzero(used % page == 0))  # common.decode_need
-        self._physical = view.pool.available_tokens - decode
-        self._evictable = view.pool.evictable_tokens
-        self._arrays = (used, None if topups else allocs)  # a top-up changed allocations: rebuild when needed
+        self._hold = growth + (0 if self._idle else reserve)
+        self._remaining = avail - self._hold
+        self._free = avail
         self.counters = {
-            "topups": float(len(topups)),
-            "reserve_draws": float(draws),
+            "topups": float(len(self._topups)),
+            "reserve_draws": float(len(self._draws)),
             "reserve_left": float(reserve),
-            "committed": float(committed),
+            "hold": float(self._hold),
+            "committed": float(outstanding),
             "reuse": 0.0,
             "admits": 0.0,
+            "z": self._z,
         }
 
     def admit(self, req: WaitingView, prefill_tokens: int) -> Admit | None:
-        led = self.ledger
         self.permanent_reject = False
-        tokens = prefill_tokens if prefill_tokens > 0 or not req.swapped_out else req.seq_len - req.cached_len
-        physical = ceil_page(tokens, self._page) + self._page  # its KV now and the slot of its first decode
-        known = led.alloc.get(req.rid)
-        if known is not None:  # continuing a chunked prefill: its allocation was made at admission
-            if physical > self._physical:
-                return None
-            self._physical -= physical
-            return Admit(req.rid, prefill_tokens, reserve_tokens=known, host_rid=_host_of(led, req.rid))
+        page = self._page
+        swap_in = req.swapped_out and prefill_tokens == 0
+        placed = req.seq_len - req.cached_len if swap_in else prefill_tokens
+        immediate = ceil_page(placed, page) + page  # its KV now and the page of its first decode
+        if req.kv_allocated > 0 and not req.swapped_out:
+            # A chunk of an admitted request continues first, as SGLang's ``add_chunked_req`` does whatever the
+            # plan says; its size follows SGLang's rule: cut to the budget's remaining when that is positive.
+            if 0 < self._remaining < prefill_tokens:
+                prefill_tokens = max(self._remaining // page * page, 1)
+                immediate = ceil_page(prefill_tokens, page) + page
+            if immediate > self._phys:
+                return None  # physically impossible: the running batch must shrink first
+            self._phys -= immediate
+            self._remaining -= immediate
+            alloc = req.kv_allocated - req.cached_len
+            return Admit(req.rid, prefill_tokens, reserve_tokens=alloc, budget_tokens=immediate)
         d = demand(req, self.cfg.demand)
-        if d.prompt + self._page > self._capacity:
+        if d.prompt + page > self._capacity:
             self.permanent_reject = True  # its prompt alone can never fit: the host rejects it with a reason
             return None
-        # The global reserve exists for running requests that overrun their estimate (C3); with nothing running or
-        # committed there is nobody to overrun, so it must not keep a request that fits the pool waiting forever.
-        idle = self._committed == 0 and not self._live
-        limit = self._capacity - (0 if idle else self._reserve)
-        # Its cached prefix gets pinned at admission: those tokens stop being evictable (= available).
         pin = min(req.cached_len, self._evictable) if not req.swapped_out else 0
-        physical += pin
-        if physical > self._physical:
+        if immediate + pin > self._phys:
             return None
-        need = min(d.total, limit)  # a demand larger than the pool is capped, so it is admitted when the pool empties
-        host = None
-        if self._committed + need <= limit and (not led.guest or self._timeline_ok(d.prompt, d.output, limit)):
-            self._committed += need
-            if idle:  # the reserve shrinks to what this lone request leaves (committed + reserve <= capacity)
-                self._reserve = min(self._reserve, self._capacity - self._committed)
-                self.counters["reserve_left"] = float(self._reserve)
-        elif not self.cfg.reuse:
+        whole = swap_in or prefill_tokens >= d.prompt  # SGLang reserves the output only with the last chunk
+        if self.cfg.admission == "pool":
+            decision = self._admit_pool(req, d.prompt, immediate, pin)
+        else:
+            decision = self._admit_paper(req, d.prompt, d.output, immediate, pin)
+        if decision is None:
             return None
-        elif self.cfg.reuse_scope == "batch":
-            if not self._timeline_ok(d.prompt, d.output, limit):
-                return None
-            need = d.total  # a batch guest borrows its whole allocation from the batch's tails
-            led.lend_batch(req.rid, need)
+        charge, alloc, lender = decision
+        if self._idle_first():  # alone in an idle pool: the engine must let it in whatever its demand
+            charge = max(min(charge, self._remaining - pin - 1), immediate)
+        self._phys -= immediate + pin
+        self._evictable -= pin
+        self._free -= immediate + pin
+        self._remaining -= pin + (charge if whole else immediate)
+        self.counters["admits"] += 1
+        if lender is not None:
             self.counters["reuse"] += 1
         else:
-            host = self._reuse_host(d.prompt, d.output)
-            if host is None:
-                return None
-            need = d.total  # a guest's allocation is exactly what it borrows from its host
-            led.lend(host, req.rid, need)
-            if host not in led.alloc:
-                led.alloc[host] = self._view_alloc(host)
-            self.counters["reuse"] += 1
-        if self._timeline is not None:
-            self._timeline.add(d.prompt, d.output)
-        led.output[req.rid] = d.output
-        led.alloc[req.rid] = need
-        self._physical -= physical
-        self._evictable -= pin
-        self.counters["admits"] += 1
-        self.counters["committed"] = float(self._committed)
-        return Admit(req.rid, prefill_tokens, reserve_tokens=need, host_rid=host)
+            self._outstanding += alloc - d.prompt
+        return Admit(req.rid, prefill_tokens, reserve_tokens=alloc, host_rid=lender, budget_tokens=charge)
 
     def topups(self) -> tuple[tuple[str, int], ...]:
-        return self._topups
+        return tuple(self._topups)
 
+    def reserve_draws(self) -> tuple[tuple[str, int], ...]:
+        return tuple(self._draws)
+
+    def hold(self) -> int:
+        """Free KV the plan keeps back in the engine's budget: promised growth (net of this pass's pairwise loans)
+        and the reserve left (C3)."""
+        return max(self._hold, 0)
+
+    # --- the two admission rules ---------------------------------------------------------------------------------
+    def _admit_pool(
+        self, req: WaitingView, prompt: int, immediate: int, pin: int
+    ) -> tuple[int, int, str | None] | None:
+        cand = self._rule.candidate(req, prompt)
+        peak = self._rule.peak_with(cand, self._z)
+        charge = max(math.ceil(peak - self._peak), immediate)
+        if not self._idle_first() and charge + pin >= self._remaining - self._idle_reserve():
+            return None
+        cap_left = max(req.max_new_tokens - req.output_len, 1)
+        out = self._alloc_output(req, self._log_row(req.rid, req.estimate), cap_left)
+        alloc = prompt + out
+        lender = None
+        if self._outstanding + out + self._reserve > self._free - immediate - pin:  # its own allocation does not fit
+            if not self.cfg.reuse and not self._idle_first():
+                return None
+            lender = BATCH  # it lives in the batch's allocated-but-unused tails (C2)
+        self._rule.add(req.rid, cand)
+        self._peak = peak
+        return charge, alloc, lender
+
+    def _admit_paper(
+        self, req: WaitingView, prompt: int, output: int, immediate: int, pin: int
+    ) -> tuple[int, int, str | None] | None:
+        alloc = prompt + output
+        charge = immediate + max(alloc - ceil_page(prompt, self._page), 0)
+        if self._idle_first() or charge + pin < self._remaining - self._idle_reserve():
+            return charge, alloc, None
+        if not self.cfg.reuse:
+            return None
+        if self._hosts is None:
+            assert self._view is not None
+            self._hosts = HostIndex(self._view.running, min_room=self.cfg.reuse_buffer + 3)
+        found = self._hosts.take(prompt + 2 * output + self.cfg.reuse_buffer, alloc)
+        if found is None:
+            return None
+        lender, room = found
+        credit = min(alloc, max(room, 0))  # the lender's outstanding shrinks by the loan: the engine credits it
+        if immediate + pin >= self._remaining + credit:
+            self._hosts = None  # the index already lent: rebuild it if another guest comes
+            return None
+        self._remaining += credit
+        self._hold -= credit
+        return immediate, alloc, lender
+
+    def _idle_first(self) -> bool:
+        """Nothing runs and nothing was admitted yet: a request that fits the pool physically must run, whatever
+        its demand (nobody can overrun, so the reserve does not keep it waiting)."""
+        return self._idle and self.counters.get("admits", 0.0) == 0.0
+
+    def _idle_reserve(self) -> int:
+        """In an idle pass the engine holds no reserve; after the first admission the gate still keeps it."""
+        return self._reserve_size if self._idle else 0
+
+    # --- pool rule: the live requests' demand profile --------------------------------------------------------
+    def _begin_pool(self, view: SchedulerView, pending: list[WaitingView]) -> None:
+        cfg = self.cfg
+        running = view.running
+        self._rule.begin(running, pending, view.waiting[: cfg.waiting_window])
+        used = sum(r.kv_used - r.cached_len for r in running) + sum(w.seq_len - w.cached_len for w in pending)
+        conf = cfg.pool_confidence / (1.0 + cfg.pool_rate_beta * max(view.arrival_rate, 0.0))
+        self._z = margin_z(conf)
+        self._used = float(used)
+        self._peak = max(self._rule.peak(self._z), self._used)
+        if len(self._dists) > 8 * max(len(running) + cfg.waiting_window, 64):
+            live = {r.rid for r in running} | {w.rid for w in view.waiting}
+            self._dists = {k: v for k, v in self._dists.items() if k in live}
+
+    def _log_row(self, rid: str, estimate: object) -> np.ndarray | None:
+        """Log quantiles of a request's length at :data:`LEVELS` (memoised per request and estimate); None when
+        it has no estimate or C1 is off (it then runs to its visible cap)."""
+        if not self.cfg.demand or estimate is None:
+            return None
+        memo = self._dists.get(rid)
+        if memo is not None and (memo[0] is estimate or memo[0] == estimate):
+            return memo[1]
+        dist: LengthDistribution | None = length_distribution(estimate)  # type: ignore[arg-type]
+        row = None if dist is None else np.log([dist.quantile(q) for q in LEVELS])
+        self._dists[rid] = (estimate, row)
+        return row
+
+    def _alloc_output(self, req: WaitingView, row: np.ndarray | None, cap_left: int) -> int:
+        """Output tokens of a request's ledger allocation: the ``alloc_quantile`` of its remaining length."""
+        if row is None:
+            return cap_left
+        total = row_quantile(row, self.cfg.alloc_quantile, float(req.output_len))
+        return int(min(max(math.ceil(total) - req.output_len, 1), cap_left))
+
+    # --- C4/C5 ---------------------------------------------------------------------------------------------------
     def victims(self, view: SchedulerView, tokens_needed: int) -> tuple[Preempt, ...]:
         cfg = self.cfg
         overhead_s = cfg.swap_block_overhead_us * 1e-6
+        swap = cfg.swap_or_recompute and self.swap
         if cfg.victim:
             ordered = cacheopt_order(
-                view.running, self.latency, cfg.victim_tolerance, cfg.swap_or_recompute, cfg.swap_block_tokens,
-                overhead_s,
-            )  # fmt: skip
+                view.running, self.latency, cfg.victim_tolerance, swap, cfg.swap_block_tokens, overhead_s
+            )
         else:
             ordered = [
-                (r, Preempt(r.rid, choose_mode(r, self.latency, cfg.swap_or_recompute, cfg.swap_block_tokens,
-                                               overhead_s)[0]))
+                (r, Preempt(r.rid, choose_mode(r, self.latency, swap, cfg.swap_block_tokens, overhead_s)[0]))
                 for r in sglang_order(view.running)
-            ]  # fmt: skip
+            ]
         out = pick_victims(ordered, tokens_needed)
         self.counters["preempt_swap"] = float(sum(p.mode is PreemptMode.SWAP for p in out))
         self.counters["preempt_recompute"] = float(len(out)) - self.counters["preempt_swap"]
         return out
 
     def on_finish(self, rid: str) -> None:
-        """Release a finished request's allocation at once (the next ``begin`` would also notice)."""
-        self.ledger.drop(rid)
-
-    def _view_alloc(self, rid: str) -> int:
-        assert self._view is not None
-        for r in self._view.running:
-            if r.rid == rid:
-                return r.kv_allocated if r.kv_allocated > r.kv_used else r.kv_used
-        return 0
-
-    def _timeline_ok(self, prompt: int, output: int, limit: int) -> bool:
-        """C2 batch reuse: does the batch's predicted KV peak, with this request, stay within ``limit``?"""
-        if self._timeline is None:
-            self._timeline = self._build_timeline()
-        return self._timeline.peak_with(prompt + self._page, output) <= limit
-
-    def _build_timeline(self) -> Timeline:
-        """(tokens now + a page, steps to its allocation's end) per request: running ones from the view (a host's
-        own end excludes what it lent; one past its allocation is expected to go on for another top-up), admitted
-        ones not yet running from the ledger."""
-        assert self._view is not None
-        led = self.ledger
-        alloc, lent = led.alloc, led.borrowed
-        extra = max(self.cfg.topup_tokens, 1)
-        page = self._page  # a partly filled last page per request
-        running = self._view.running
-        n = len(running)
-        used, allocs = self._arrays
-        if allocs is None:
-            allocs = np.fromiter((alloc.get(r.rid, r.kv_allocated) for r in running), np.int64, n)
-        room = allocs - used
-        if lent:
-            room -= np.fromiter((lent.get(r.rid, 0) for r in running), np.int64, n)
-        ends = np.where(room > 0, room, extra)
-        used = used + page
-        live = self._live
-        more = [(a - led.output.get(rid, 0) + page, led.output.get(rid, 0)) for rid, a in alloc.items()
-                if rid not in live]  # fmt: skip
-        if more:
-            extra_arr = np.asarray(more, dtype=np.int64)
-            used = np.concatenate([used, extra_arr[:, 0]])
-            ends = np.concatenate([ends, extra_arr[:, 1]])
-        return Timeline(used, ends)
-
-    def _reuse_host(self, prompt: int, output: int) -> str | None:
-        """Best-fit host whose empty tail holds the guest for its whole predicted life (C2 reuse condition)."""
-        need = prompt + 2 * output + self.cfg.reuse_buffer
-        if need > self._max_room:  # no request has that much room (an upper bound: lending only lowers rooms)
-            return None
-        if self._hosts is None:
-            assert self._view is not None
-            self._hosts = HostIndex(self._view.running, self.ledger, min_room=self.cfg.reuse_buffer + 3)
-        return self._hosts.take(need, prompt + output)
-
-
-def _host_of(led: Ledger, rid: str) -> str | None:
-    loan = led.guest.get(rid)
-    return loan[0] if loan is not None else None
-
-
-def _prefilling(view: SchedulerView, window: int) -> frozenset[str]:
-    """Requests whose chunked prefill is in progress: the host's ``chunked_rid`` and any partly prefilled request
-    near the head of the queue (hosts list them first; a batching policy may leave more than one in flight)."""
-    out = {w.rid for w in view.waiting[:window] if w.prefilled_len > 0 and not w.swapped_out}
-    if view.chunked_rid is not None:
-        out.add(view.chunked_rid)
-    return frozenset(out)
+        self._dists.pop(rid, None)
+        self._rule.forget(rid)

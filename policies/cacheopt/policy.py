@@ -36,7 +36,7 @@ class CacheOptPolicy(Policy):
         super().__init__(latency, config, host)
         self.cfg = self.config.cacheopt
         self.chunk = self.host.chunked_prefill_size or self.config.sglang.chunked_prefill_size
-        self.gate = CacheOptGate(self.cfg, latency)
+        self.gate = CacheOptGate(self.cfg, latency, mixed=self.mixed, swap=self.host.swap)
         self._prefill_memo: dict[tuple[str, int, int], float] = {}
         self.totals: dict[str, float] = dict.fromkeys(_TOTALS, 0.0)  # decision counters over the whole run
 
@@ -53,7 +53,7 @@ class CacheOptPolicy(Policy):
             if req.swapped_out and req.prefilled_len == 0:
                 chunk = 0  # resumed by swap-in: KV comes back over PCIe, no forward tokens
             else:
-                chunk = min(max(req.seq_len - req.cached_len - req.prefilled_len, 1), budget)
+                chunk = min(max(req.seq_len - max(req.prefilled_len, req.cached_len), 1), budget)
             a = gate.admit(req, chunk)
             if a is None:
                 if gate.permanent_reject:
@@ -61,8 +61,8 @@ class CacheOptPolicy(Policy):
                     continue
                 break
             admits.append(a)
-            budget -= chunk
-            prefill += chunk
+            budget -= a.prefill_tokens
+            prefill += a.prefill_tokens
         run_decodes = self.mixed or prefill == 0
         notes = dict(gate.counters)
         notes["never_fit"] = float(never_fit)
@@ -73,6 +73,8 @@ class CacheOptPolicy(Policy):
             admit=tuple(admits),
             token_budget=prefill + (len(view.running) if run_decodes else 0),
             topups=gate.topups(),
+            reserve_draws=gate.reserve_draws(),
+            kv_hold=gate.hold(),
             run_decodes=run_decodes,
             notes=notes,
         )

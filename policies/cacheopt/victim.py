@@ -52,7 +52,9 @@ def cacheopt_order(
         mode, cost = choose_mode(r, latency, swap_enabled, block_tokens, block_overhead_s)
         tbt = r.slo.tbt_ms if r.slo.tbt_ms is not None else math.inf
         remaining_s = remaining_tokens(r) * step_s
-        key = (-_bucket(tbt, log_base), -_bucket(remaining_s, log_base), _bucket(cost, log_base), cost)
+        # ties end on arrival and id, so the order never depends on how a host lists its running batch
+        key = (-_bucket(tbt, log_base), -_bucket(remaining_s, log_base), _bucket(cost, log_base), cost, -r.arrival_s,
+               r.rid)  # fmt: skip
         keyed.append((key, r, Preempt(r.rid, mode)))
     keyed.sort(key=lambda k: k[0])
     return [(r, p) for _, r, p in keyed]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from policies.views import SLO
+from policies.views import SLO, PreemptMode
 from sglang_ext.adapter import preempt, swap, translate
 from sglang_ext.adapter.state import Adapter
 
@@ -51,7 +51,14 @@ def around_prefill_raw(original: Any, sched: Any, *args: Any, **kwargs: Any) -> 
     # sglang baseline's ratio decay, AccelGen's refit) see every iteration, as in the simulator.
     plan = a.make_plan(sched, running_batch)
     if victims := (*plan.preempt, *preempt.debug_victims(running_batch)):
-        preempt.preempt_now(sched, running_batch, victims)  # before the PrefillAdder: their KV is free for admits
+        for v in victims:  # the modes reach the ledger through on_retracted, as SGLang's own retractions do
+            a.victim_modes[v.rid] = v.mode if a.caps.swap else PreemptMode.RECOMPUTE
+        preempt.preempt_now(sched, running_batch, victims, a.on_retracted)  # before the PrefillAdder: KV freed
+    if plan.admit and a.holds_budget():
+        # SGLang's "batch is full" verdict comes from its own accounting of an earlier pass; a policy that owns
+        # the KV accounting has just decided this pass's admissions, so they are tried (SGLang's budget, fed the
+        # plan's numbers, still checks every one).
+        running_batch.batch_is_full = False
     saved = sched.chunked_prefill_size
     if plan.token_budget is not None and saved is not None:
         # SGLang charges a chunk in whole pages: a budget below one page would admit nothing, every iteration
@@ -95,7 +102,7 @@ def around_retract_decode(original: Any, batch: Any, *args: Any, **kwargs: Any) 
         if (mgr := swap.manager()) is not None:
             mgr.clear_marks()  # victims marked but not needed by SGLang keep running
     if _ADAPTER is not None:
-        _ADAPTER.counters["retractions"] += len(result[0])
+        _ADAPTER.on_retracted(list(result[0]))
     return result
 
 
@@ -115,6 +122,12 @@ def around_run_batch(original: Any, sched: Any, batch: Any, *args: Any, **kwargs
 def after_add_request(result: Any, sched: Any, req: Any, *args: Any, **kwargs: Any) -> None:
     if _ADAPTER is not None:
         _ADAPTER.on_arrival(req)
+
+
+def after_release_kv_cache(result: Any, req: Any, *args: Any, **kwargs: Any) -> None:
+    """A request's KV is released; when it finished (not a retraction), its exact output length is final."""
+    if _ADAPTER is not None and req.finished():
+        _ADAPTER.on_finished(req)
 
 
 def after_sampling_verify(result: Any, params: Any, *args: Any, **kwargs: Any) -> None:
@@ -144,5 +157,6 @@ SCHEDULER_HOOKS = (
     (f"{BATCH}.retract_decode", around_retract_decode, "AROUND"),
     (f"{BATCH}._get_decode_retraction_order", around_retraction_order, "AROUND"),
     ("sglang.srt.sampling.sampling_params.SamplingParams.verify", after_sampling_verify, "AFTER"),
+    ("sglang.srt.mem_cache.common.release_kv_cache", after_release_kv_cache, "AFTER"),
     *swap.SWAP_HOOKS,
 )

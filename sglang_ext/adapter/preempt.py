@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,9 +30,16 @@ logger = logging.getLogger("sglang_ext")
 DEBUG_ENV = "SGLANG_EXT_DEBUG_PREEMPT"
 
 
-def preempt_now(sched: Any, running_batch: Any, victims: Iterable[Preempt]) -> int:
-    """Retract ``victims`` (running requests, each with its mode) now. Returns the tokens this made available to
-    admission (free + evictable, as SGLang's PrefillAdder counts them); requests not running are ignored."""
+def preempt_now(
+    sched: Any,
+    running_batch: Any,
+    victims: Iterable[Preempt],
+    on_retracted: Callable[[list[Any]], None] | None = None,
+) -> int:
+    """Retract ``victims`` (running requests, each with its mode) now; ``on_retracted`` is told which requests
+    went back to the waiting queue (the adapter's ``on_retracted``, as after SGLang's own retractions). Returns
+    the tokens this made available to admission (free + evictable, as SGLang's PrefillAdder counts them);
+    requests not running are ignored."""
     modes = {v.rid: v.mode for v in victims}
     reqs = running_batch.reqs
     chosen = [i for i, r in enumerate(reqs)
@@ -59,6 +66,8 @@ def preempt_now(sched: Any, running_batch: Any, victims: Iterable[Preempt]) -> i
     running_batch.batch_is_full = False
     for req in released:
         sched._add_request_to_queue(req, is_retracted=True)
+    if on_retracted is not None:
+        on_retracted(released)
     freed = alloc.available_size() + tree.evictable_size() - before
     if mgr is not None:
         mgr.stats.plan_preempts += len(released)

@@ -1,6 +1,8 @@
-"""The adapter: one object per scheduler process that holds what SGLang does not (arrival times, per-request KV
-allocations, predictor answers) and calls the configured policy. It translates state to views and decisions to
-SGLang's knobs; every scheduling decision comes from the policy object.
+"""The adapter: SGLang's side of the host layer. One object per scheduler process; it converts SGLang's requests and
+pools into the policies' views, hands the plan to SGLang's own machinery through the hooks, and reports back what
+SGLang executed. Everything a host must do the same way as the simulator (arrival rate, the allocation ledger, the
+engine budget a plan is executed under, the iteration filter) is :class:`host.core.HostCore`; what stays here is
+translation and what SGLang does not keep (arrival and token times, predictor answers).
 
 Clock: the adapter is the host, so it reads ``time.monotonic()`` and passes ``now_s`` in the view (policies never
 read clocks).
@@ -11,22 +13,21 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import Counter, deque
 from typing import Any
 
+from host.budget import decode_need, kv_to_free
+from host.core import HostCore
 from policies import base as policy_registry
 from policies.capabilities import HostCapabilities
 from policies.config import ExtConfig
 from policies.latency import BatchShape
-from policies.views import SLO, IterationPlan, LengthEstimate, PreemptMode, SchedulerView
+from policies.views import SLO, Admit, IterationPlan, LengthEstimate, PreemptMode, SchedulerView, WaitingView
 from predictors.online import OnlineLengthBound
 from sglang_ext.adapter import swap, translate
 
 logger = logging.getLogger("sglang_ext")
 
-RATE_WINDOW_S = 30.0
 LOG_EVERY_S = float(os.environ.get("SGLANG_EXT_LOG_EVERY_S", "10"))  # counters line period in the server log
-IDLE_FACTOR = 5.0  # a period this many times the predicted iteration time contains idle time
 
 
 def _latency_model(cfg: ExtConfig) -> Any:
@@ -36,25 +37,25 @@ def _latency_model(cfg: ExtConfig) -> Any:
 
 
 class Adapter:
-    def __init__(self, cfg: ExtConfig, caps: HostCapabilities | None = None) -> None:
-        """``caps``: what the running scheduler offers (its chunk, page size, batching mode, ...)."""
+    def __init__(self, cfg: ExtConfig, caps: HostCapabilities | None = None, latency: Any = None) -> None:
+        """``caps``: what the running scheduler offers (its chunk, page size, batching mode, ...); ``latency``: the
+        latency model policies start from (default: the configured profile)."""
         self.cfg = cfg
         self.t0 = time.monotonic()
-        self.latency = _latency_model(cfg)
+        self.latency = latency if latency is not None else _latency_model(cfg)
         self.caps = caps if caps is not None else HostCapabilities()
         self.policy = policy_registry.create(cfg.policy, self.latency, cfg, self.caps)
+        self.core = HostCore(self.policy)
+        self.counters = self.core.counters
         self.default_slo = SLO(cfg.default_ttft_slo_ms or None, cfg.default_tbt_slo_ms or None)
         self.arrival: dict[str, float] = {}
         self.first_token: dict[str, float] = {}
         self.last_token: dict[str, tuple[int, float]] = {}  # rid -> (output_len, time it was first seen)
-        self.out_alloc: dict[str, int] = {}  # output tokens the policy reserved (admission + top-ups)
-        self.guest_of: dict[str, str] = {}  # guest rid -> host rid (C2 reuse)
-        self.known: dict[str, int] = {}  # rid -> last seen output length, to detect finishes
-        self.arrivals: deque[float] = deque()
-        self.counters: Counter[str] = Counter()
+        self.known: dict[str, int] = {}  # live requests (running or mid-prefill) -> last seen output length
         self.plan: IterationPlan | None = None
         self.plan_rank: dict[str, int] = {}
-        self.plan_out: dict[str, int] = {}
+        self.plan_admits: dict[str, tuple[Admit, WaitingView, int, int]] = {}  # rid -> admit, view, total, out
+        self.victim_modes: dict[str, PreemptMode] = {}  # the policy's mode for each request SGLang retracts
         self._last_log = 0.0
         self.predictor = self._start_predictor()
         self.online: OnlineLengthBound | None = None
@@ -73,19 +74,12 @@ class Adapter:
             return
         now = self.now()
         self.arrival[req.rid] = now
-        self.arrivals.append(now)
-        self.counters["arrivals"] += 1
+        self.core.arrived(req.rid, now)
         if self.predictor is not None:
             text = getattr(req, "origin_input_text", None)
             ids = None if text else list(req.origin_input_ids)
             self.predictor.submit(req.rid, text=text, token_ids=ids,
                                   max_new_tokens=int(req.sampling_params.max_new_tokens or 0))  # fmt: skip
-
-    def arrival_rate(self, now: float) -> float:
-        while self.arrivals and self.arrivals[0] < now - RATE_WINDOW_S:
-            self.arrivals.popleft()
-        span = min(RATE_WINDOW_S, max(now, 1e-3))
-        return len(self.arrivals) / span
 
     # --- predictor ---------------------------------------------------------------------------------------------
     def _start_predictor(self) -> Any:
@@ -117,10 +111,13 @@ class Adapter:
     # --- views -------------------------------------------------------------------------------------------------
     def build_view(self, sched: Any, running_reqs: list[Any], chunked_req: Any) -> SchedulerView:
         now = self.now()
-        self._rate = self.arrival_rate(now)
+        for req in sched.waiting_queue:  # arrivals first (normally already seen by the add-request hook)
+            self.on_arrival(req)
+        self._rate = self.core.arrival_rate(now)
         if self.predictor is not None:
             self.predictor.poll()
         self._track_tokens(running_reqs, now)
+        core = self.core
         waiting = []
         for req in sched.waiting_queue:
             self.on_arrival(req)
@@ -130,29 +127,32 @@ class Adapter:
         if chunked_req is not None and all(w.rid != chunked_req.rid for w in waiting):
             self.on_arrival(chunked_req)
             slo = translate.request_slo(chunked_req, self.default_slo)
-            waiting.insert(0, translate.waiting_view(chunked_req, self.arrival[chunked_req.rid], slo,
-                                                     self._estimate(chunked_req), None, chunked=True))  # fmt: skip
+            entry = core.ledger.get(chunked_req.rid)
+            waiting.insert(0, translate.waiting_view(
+                chunked_req, self.arrival[chunked_req.rid], slo, self._estimate(chunked_req), None, chunked=True,
+                kv_allocated=(entry.cached + entry.alloc) if entry else 0,
+                cached_len=entry.cached if entry else None))  # fmt: skip
         running = []
         for req in running_reqs:
             self.on_arrival(req)
             slo = translate.request_slo(req, self.default_slo)
             last = self.last_token.get(req.rid)
+            used = translate.kv_in_use(req)
             running.append(translate.running_view(
-                req, self.arrival[req.rid], slo, self._estimate(req), self.out_alloc.get(req.rid),
+                req, self.arrival[req.rid], slo, self._estimate(req), core.allocation(req.rid, used),
                 last[1] if last else None, self.first_token.get(req.rid)))  # fmt: skip
         reserve = 0
         if self.predictor is not None and (decision := self.predictor.reservation()) is not None:
             reserve = int(decision[1])
         pool = translate.pool_view(sched.token_to_kv_pool_allocator, sched.tree_cache, reserve)
-        live = {r.rid for r in sched.waiting_queue} | {r.rid for r in running_reqs}
+        live = {r.rid for r in running_reqs}
         if chunked_req is not None:
             live.add(chunked_req.rid)
-        self._reap_finished(live)
-        rate = self._rate
+        self._reconcile(live)
         if self.predictor is not None:
-            self.predictor.push_stats(rate, pool.capacity_tokens, pool.capacity_tokens - pool.free_tokens,
+            self.predictor.push_stats(self._rate, pool.capacity_tokens, pool.capacity_tokens - pool.free_tokens,
                                       len(running))  # fmt: skip
-        return translate.scheduler_view(now, waiting, running, pool, rate,
+        return translate.scheduler_view(now, waiting, running, pool, self._rate,
                                         chunked_req.rid if chunked_req is not None else None)  # fmt: skip
 
     def _track_tokens(self, running_reqs: list[Any], now: float) -> None:
@@ -165,102 +165,118 @@ class Adapter:
                     self.first_token.setdefault(req.rid, now)
             self.known[req.rid] = n
 
-    def _reap_finished(self, live: set[str]) -> None:
+    def _reconcile(self, live: set[str]) -> None:
+        """Requests the adapter knew that left neither by finishing (seen in ``on_finished``) nor by retraction:
+        aborted by SGLang or the client. Their allocations return."""
         for rid in [r for r in self.known if r not in live]:
-            out = self.known.pop(rid)
-            self.policy.on_finish(rid, out)
-            if self.online is not None:
-                self.online.observe(out)
-            if self.predictor is not None:
-                self.predictor.report_finish(rid, out)
-            for d in (self.arrival, self.first_token, self.last_token, self.out_alloc, self.guest_of):
-                d.pop(rid, None)
-            self.counters["finished"] += 1
+            self.core.aborted(rid, self.known.pop(rid))
+            self._forget(rid)
+
+    def _forget(self, rid: str) -> None:
+        for d in (self.arrival, self.first_token, self.last_token, self.victim_modes):
+            d.pop(rid, None)
+
+    # --- leaving -----------------------------------------------------------------------------------------------
+    def on_finished(self, req: Any) -> None:
+        """SGLang finished ``req`` (its KV is being released): the exact final output length reaches the policy,
+        the ledger and the predictor."""
+        rid = req.rid
+        out = len(req.output_ids)
+        if rid not in self.arrival and rid not in self.core.ledger:
+            return  # not a request this adapter saw (or already reported)
+        self.core.finished(rid, out)
+        if self.online is not None:
+            self.online.observe(out)
+        if self.predictor is not None:
+            self.predictor.report_finish(rid, out)
+        self.known.pop(rid, None)
+        self._forget(rid)
+
+    def on_retracted(self, reqs: list[Any]) -> None:
+        """SGLang retracted ``reqs`` back to the waiting queue (decode OOM or a plan's preemption)."""
+        for req in reqs:
+            mode = self.victim_modes.pop(req.rid, PreemptMode.RECOMPUTE)
+            self.core.preempted(req.rid, mode)
+            self.known.pop(req.rid, None)
+        self.counters["retractions"] += len(reqs)
 
     # --- measured iterations (A1 online refit) -------------------------------------------------------------
     def on_iteration_start(self, batch: Any) -> None:
         """The period between two forward launches is the iteration time a reader sees (forward + scheduling);
-        it is attributed to the previous batch's shape. Periods that include idle sleep are not measurements."""
+        it is attributed to the previous batch's shape. The host layer's filter drops periods with idle time."""
         now = time.monotonic()
         if self._iter_prev is not None:
             shape, start = self._iter_prev
-            seconds = now - start
-            predicted = self.latency.iteration_s(shape)
-            if seconds <= max(IDLE_FACTOR * predicted, 0.05):
-                self.policy.observe_iteration(shape, seconds)
-                self.counters["iterations_measured"] += 1
+            self.core.measured(shape, now - start)
         self._iter_prev = (translate.batch_shape(batch), now)
 
     # --- decisions ---------------------------------------------------------------------------------------------
     def make_plan(self, sched: Any, running_batch: Any) -> IterationPlan:
         view = self.build_view(sched, list(running_batch.reqs), sched.chunked_req)
-        plan = self.policy.plan(view)
+        t = time.perf_counter()
+        plan = self.core.plan(view)
+        self.counters["decision_us_total"] += int((time.perf_counter() - t) * 1e6)
         self.plan = plan
         self.plan_rank = {a.rid: i for i, a in enumerate(plan.admit)}
         waiting = {w.rid: w for w in view.waiting}
-        self.plan_out = {}
+        self.plan_admits = {}
         for a in plan.admit:
             w = waiting.get(a.rid)
-            prompt_part = (w.prompt_len + w.output_len - w.cached_len) if w else a.prefill_tokens
-            self.plan_out[a.rid] = max(a.reserve_tokens - prompt_part, 0)
-            if a.host_rid is not None:
-                self.guest_of[a.rid] = a.host_rid
-                self.counters["reuse_admits"] += 1
-        for rid, extra in plan.topups:
-            self.out_alloc[rid] = self.out_alloc.get(rid, 0) + extra
-            self.counters["topups"] += 1
+            if w is not None:
+                total, out = self.core.admission_terms(a, w)
+                self.plan_admits[a.rid] = (a, w, total, out)
         if plan.preempt:
             self.counters["plan_preempts"] += len(plan.preempt)
-        self.counters["plans"] += 1
-        self.counters["admitted"] += len(plan.admit)
         if self.cfg.log_decisions:
-            logger.info("sglang_ext plan: admit=%s budget=%s topups=%s", [a.rid for a in plan.admit],
-                        plan.token_budget, plan.topups)  # fmt: skip
+            logger.info("sglang_ext plan: admit=%s budget=%s hold=%s topups=%s", [a.rid for a in plan.admit],
+                        plan.token_budget, plan.kv_hold, plan.topups)  # fmt: skip
         self._maybe_log()
         return plan
 
-    def on_admitted(self, req: Any) -> None:
-        """SGLang committed the request to the batch: its planned output reservation becomes its allocation."""
-        if req.rid in self.plan_out:
-            self.out_alloc[req.rid] = self.plan_out[req.rid] if req.rid not in self.guest_of else 0
+    def holds_budget(self) -> bool:
+        """Whether SGLang's prefill budget runs on this plan's numbers (policies that own their KV accounting)."""
+        return self.policy.owns_kv_accounting and self.plan is not None
 
-    def running_offset(self, req: Any) -> int | None:
-        """Tokens SGLang's budget should still hold for a running request: its allocation minus what it used."""
-        if req.rid not in self.out_alloc:
-            return None
-        return max(self.out_alloc[req.rid] - len(req.output_ids), 0)
+    def budget_hold(self) -> int:
+        return self.core.budget_hold()
+
+    def admission_terms(self, rid: str) -> tuple[int, int] | None:
+        """(total tokens SGLang's check charges, output its commit reserves) of a planned admission."""
+        x = self.plan_admits.get(rid)
+        return None if x is None else (x[2], x[3])
+
+    def on_admitted(self, req: Any) -> None:
+        """SGLang committed ``req`` to the batch: the ledger records the plan's allocation for it."""
+        x = self.plan_admits.get(req.rid)
+        if x is not None:
+            self.core.committed(x[0], x[1])
+            self.known.setdefault(req.rid, len(req.output_ids))
+
+    def refused(self, req: Any) -> None:
+        x = self.plan_admits.get(req.rid)
+        if x is not None:
+            self.core.refused(x[0])
 
     def retraction_order(self, batch: Any, reqs: list[Any], default: list[int]) -> list[int]:
         """SGLang pops victims from the end of the returned index list: put the policy's victims there."""
         pool = translate.pool_view(batch.token_to_kv_pool_allocator, batch.tree_cache)
-        tokens_needed = max(len(reqs) * pool.page_size - pool.available_tokens, 1)
-        view = SchedulerView(
-            now_s=self.now(),
-            waiting=(),
-            running=tuple(
-                translate.running_view(
-                    r,
-                    self.arrival.get(r.rid, 0.0),
-                    translate.request_slo(r, self.default_slo),
-                    self._estimate(r),
-                    self.out_alloc.get(r.rid),
-                    None,
-                    None,
-                )
-                for r in reqs
-            ),
-            pool=pool,
-        )
-        victims = self.policy.choose_victims(view, tokens_needed)
+        running = tuple(
+            translate.running_view(
+                r, self.arrival.get(r.rid, 0.0), translate.request_slo(r, self.default_slo), self._estimate(r),
+                self.core.allocation(r.rid, translate.kv_in_use(r)), None, None,
+            )
+            for r in reqs
+        )  # fmt: skip
+        view = SchedulerView(now_s=self.now(), waiting=(), running=running, pool=pool, arrival_rate=self._rate)
+        victims = self.core.victims(view, kv_to_free(decode_need(running, pool.page_size), pool.available_tokens))
         idx = translate.index_by_rid(reqs)
         chosen = [idx[v.rid] for v in victims if v.rid in idx]
         mgr = swap.manager()
         for v in victims:
+            self.victim_modes[v.rid] = v.mode if self.caps.swap else PreemptMode.RECOMPUTE
             self.counters[f"victim_{v.mode.value}_decided"] += 1
-            if mgr is not None:
-                mgr.mark(v.rid, v.mode)  # swap.around_release_req copies SWAP victims out before SGLang frees them
-            elif v.mode is PreemptMode.SWAP:
-                self.counters["swap_unavailable_recomputed"] += 1  # no swap manager here (see swap.usable)
+            if mgr is not None:  # swap.around_release_req copies SWAP victims out before SGLang frees them
+                mgr.mark(v.rid, self.victim_modes[v.rid])
         rest = [i for i in default if i not in set(chosen)]
         return rest + list(reversed(chosen))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from host.core import AllocationFields
 from policies.capabilities import HostCapabilities
 from policies.latency import BatchShape
 from policies.views import SLO, LengthEstimate, PoolView, RunningView, SchedulerView, WaitingView
@@ -49,9 +50,12 @@ def waiting_view(
     estimate: LengthEstimate | None,
     first_token_s: float | None,
     chunked: bool = False,
+    kv_allocated: int = 0,
+    cached_len: int | None = None,
 ) -> WaitingView:
     """``chunked``: the request whose chunked prefill is in progress; SGLang keeps it out of the waiting queue and
-    its ``extend_end`` marks how far the last chunk went (``init_next_round_input`` has not run yet)."""
+    its ``extend_end`` marks how far the last chunk went (``init_next_round_input`` has not run yet).
+    ``kv_allocated``: its cached prefix + ledger allocation when it was already admitted (0 otherwise)."""
     prefilled = int(req.extend_end or 0) if chunked else 0
     return WaitingView(
         rid=req.rid,
@@ -59,11 +63,12 @@ def waiting_view(
         prompt_len=len(req.origin_input_ids),
         max_new_tokens=int(req.sampling_params.max_new_tokens or 0),
         slo=slo,
-        cached_len=int(getattr(req, "prefix_len", 0) or 0),
+        cached_len=cached_len if cached_len is not None else int(getattr(req, "prefix_len", 0) or 0),
         output_len=len(req.output_ids),
         prefilled_len=prefilled,
         estimate=estimate,
         first_token_s=first_token_s,
+        kv_allocated=kv_allocated,
     )
 
 
@@ -72,13 +77,14 @@ def running_view(
     arrival_s: float,
     slo: SLO,
     estimate: LengthEstimate | None,
-    out_alloc: int | None,
+    alloc: AllocationFields,
     last_token_s: float | None,
     first_token_s: float | None,
 ) -> RunningView:
+    """``alloc``: the host ledger's fields for it (``HostCore.allocation``)."""
     prompt = len(req.origin_input_ids)
     out = len(req.output_ids)
-    used = prompt + out
+    used = kv_in_use(req)
     return RunningView(
         rid=req.rid,
         arrival_s=arrival_s,
@@ -86,13 +92,22 @@ def running_view(
         output_len=out,
         max_new_tokens=int(req.sampling_params.max_new_tokens or 0),
         kv_used=used,
-        kv_allocated=max(used, prompt + out_alloc) if out_alloc is not None else used,
+        kv_allocated=alloc.kv_allocated,
         slo=slo,
         estimate=estimate,
         last_token_s=last_token_s,
         first_token_s=first_token_s,
-        cached_len=int(getattr(req, "prefix_len", 0) or 0),
+        cached_len=alloc.cached if alloc.cached is not None else int(getattr(req, "prefix_len", 0) or 0),
+        kv_lent=alloc.kv_lent,
+        lender=alloc.lender,
+        reserve_drawn=alloc.reserve_drawn,
     )
+
+
+def kv_in_use(req: Any) -> int:
+    """KV tokens a running request holds: its prompt and every output token but the newest, whose KV the next
+    decode step writes (SGLang's ``kv_committed_len``)."""
+    return len(req.origin_input_ids) + max(len(req.output_ids) - 1, 0)
 
 
 def pool_view(allocator: Any, tree_cache: Any, reserve_tokens: int = 0) -> PoolView:
