@@ -222,8 +222,11 @@ def test_swap_round_trip_restores_rows_bit_identical(hooked, page, tree, evicted
     seq = a.seqlen
     n = (seq - 1) // page * page
     before = eng.rows(a, n)
-    freed = preempt_now(eng, eng.running_batch, [Preempt("a", PreemptMode.SWAP), Preempt("ghost", PreemptMode.SWAP)])
+    told: list = []
+    victims = [Preempt("a", PreemptMode.SWAP), Preempt("ghost", PreemptMode.SWAP)]
+    freed = preempt_now(eng, eng.running_batch, victims, told.extend)
     st = eng.mgr.stats
+    assert told == [a]  # the adapter hears which requests went back to the queue
     assert freed >= n and st.plan_preempts == 1 and st.plan_preempt_tokens_freed == freed
     assert [r.rid for r in eng.running_batch.reqs] == ["b"] and eng.waiting_queue == [a]
     assert eng.mgr.is_swapped_out("a") and not a.kv.holds_kv
