@@ -59,7 +59,7 @@ def server(request: pytest.FixtureRequest, seeded_model: Path, tmp_path_factory:
     env = {"SGLANG_EXT_DEBUG_PREEMPT": f"swapme:{AFTER}:swap,recomp:{AFTER}:recompute", "SGLANG_TEST_RETRACT": "1",
            "SGLANG_TEST_RETRACT_INTERVAL": "10", "SGLANG_EXT_LOG_EVERY_S": "0.5"}  # fmt: skip
     log = tmp_path_factory.mktemp(f"swap-srv-{page}") / "server.log"
-    with ServerProcess(args, env=env, log_path=log) as srv:
+    with ServerProcess(args, env=env, log_path=log, startup_timeout_s=600) as srv:  # slow on a busy 2-core box
         yield srv, page
     assert srv.pid is None
 
