@@ -56,6 +56,9 @@ def server(request: pytest.FixtureRequest, seeded_model: Path, tmp_path_factory:
     extra = ["--ext-policy", "cacheopt", "--page-size", str(page)]
     args = cpu_server_args(seeded_model, pool_tokens=2048, extra=extra)
     args[args.index("dummy")] = "auto"  # the seeded weights, loaded for real
+    # SGLang sizes CPU memory from the machine's free RAM before and after loading; other processes' churn in
+    # between must not eat the whole static fraction (the pool stays capped by --max-total-tokens)
+    args[args.index("--mem-fraction-static") + 1] = "0.2"
     env = {"SGLANG_EXT_DEBUG_PREEMPT": f"swapme:{AFTER}:swap,recomp:{AFTER}:recompute", "SGLANG_TEST_RETRACT": "1",
            "SGLANG_TEST_RETRACT_INTERVAL": "10", "SGLANG_EXT_LOG_EVERY_S": "0.5"}  # fmt: skip
     log = tmp_path_factory.mktemp(f"swap-srv-{page}") / "server.log"
