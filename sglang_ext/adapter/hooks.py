@@ -50,7 +50,10 @@ def around_prefill_raw(original: Any, sched: Any, *args: Any, **kwargs: Any) -> 
     # Planned every iteration SGLang considers a prefill (also with an empty queue): stateful policies (the
     # sglang baseline's ratio decay, AccelGen's refit) see every iteration, as in the simulator.
     plan = a.make_plan(sched, running_batch)
-    if victims := (*plan.preempt, *preempt.debug_victims(running_batch)):
+    # A policy that owns its KV accounting preempts through its plan; a mirror of SGLang (``sglang``) leaves
+    # preemption to SGLang's own machinery (its priority preemption runs inside the PrefillAdder).
+    planned = plan.preempt if a.policy.owns_kv_accounting else ()
+    if victims := (*planned, *preempt.debug_victims(running_batch)):
         for v in victims:  # the modes reach the ledger through on_retracted, as SGLang's own retractions do
             a.victim_modes[v.rid] = v.mode if a.caps.swap else PreemptMode.RECOMPUTE
         preempt.preempt_now(sched, running_batch, victims, a.on_retracted)  # before the PrefillAdder: KV freed

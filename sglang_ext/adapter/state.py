@@ -123,12 +123,14 @@ class Adapter:
             self.predictor.poll()
         self._track_tokens(running_reqs, now)
         core = self.core
+        mgr = swap.manager()
         waiting = []
         for req in sched.waiting_queue:
             self.on_arrival(req)
             slo = translate.request_slo(req, self.default_slo)
+            swapped = mgr is not None and mgr.is_swapped_out(req.rid)  # its KV comes back by swap-in (C5)
             waiting.append(translate.waiting_view(req, self.arrival[req.rid], slo, self._estimate(req),
-                                                  self.first_token.get(req.rid)))  # fmt: skip
+                                                  self.first_token.get(req.rid), swapped_out=swapped))  # fmt: skip
         if chunked_req is not None and all(w.rid != chunked_req.rid for w in waiting):
             self.on_arrival(chunked_req)
             slo = translate.request_slo(chunked_req, self.default_slo)

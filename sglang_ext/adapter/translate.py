@@ -52,6 +52,7 @@ def waiting_view(
     chunked: bool = False,
     kv_allocated: int = 0,
     cached_len: int | None = None,
+    swapped_out: bool = False,
 ) -> WaitingView:
     """``chunked``: the request whose chunked prefill is in progress; SGLang keeps it out of the waiting queue and
     its ``extend_end`` marks how far the last chunk went (``init_next_round_input`` has not run yet).
@@ -69,6 +70,7 @@ def waiting_view(
         estimate=estimate,
         first_token_s=first_token_s,
         kv_allocated=kv_allocated,
+        swapped_out=swapped_out,
         priority=getattr(req, "priority", None),
     )
 
