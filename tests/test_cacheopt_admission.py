@@ -196,7 +196,7 @@ def test_order_no_slos_is_queue_order_and_window_bounds_it() -> None:
 
 
 def test_late_requests_go_after_those_that_can_still_be_on_time() -> None:
-    queue = [waiting(f"old{i}", arrival=float(i), ttft_ms=2000) for i in range(40)]  # all waited > 2 s
+    queue = [waiting(f"old{i}", arrival=50.0 + i, ttft_ms=2000) for i in range(40)]  # waited 11-50 s: all late
     queue.append(waiting("new", arrival=99.5, ttft_ms=2000))  # still on time at t = 100
     queue.append(waiting("starving", arrival=0.0, ttft_ms=2000))  # (a re-queued old request at the back)
     got = [w.rid for w in order_waiting(queue, now_s=100.0, window=8, latency=LAT, late_last=True, starve_s=60)]
