@@ -130,6 +130,7 @@ class DrainResult:
     exit_code: int | None
     exit_s: float | None
     children_left: list[int] = field(default_factory=list)
+    refused_queue_full: int = 0  # SGLang's clear 503 (--max-queued-requests): refused at the door, not lost
 
     @property
     def ok(self) -> bool:
@@ -163,9 +164,11 @@ def sigterm_during_load(srv: ServerProcess, rate: float, *, duration_s: float = 
     completed = sum(r.ok for r in records)
     not_sent = sum(1 for r in records if r.error and r.error.startswith("not sent"))
     refused = sum(1 for r in records if r.error and r.error.startswith("connection refused"))
+    queue_full = sum(1 for r in records if r.error and REFUSAL in r.error)
     lost: dict[str, int] = {}
     for r in records:
-        if not r.ok and not (r.error and (r.error.startswith("not sent") or r.error.startswith("connection refused"))):
+        clear = r.error and (r.error.startswith(("not sent", "connection refused")) or REFUSAL in r.error)
+        if not r.ok and not clear:
             key = (r.error or "no finish")[:160]
             lost[key] = lost.get(key, 0) + 1
     return DrainResult(
@@ -177,4 +180,5 @@ def sigterm_during_load(srv: ServerProcess, rate: float, *, duration_s: float = 
         exit_code=outcome.get("code"),
         exit_s=outcome.get("exit_s"),
         children_left=list(outcome.get("left", [])),
+        refused_queue_full=queue_full,
     )

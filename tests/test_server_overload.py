@@ -3,8 +3,8 @@ policy: its capacity is measured with a burst, then it is driven at 2x that capa
 (``SGLANG_EXT_OVERLOAD_S``, 15 s by default; ``benchmarks/bench_overload.py`` runs the full 60 s). Every request
 completes at its length or is refused with SGLang's clear queue-full error, nothing hangs, and SGLang's free KV count
 (``/v1/loads``) comes back to its initial value. Then a SIGTERM to the launcher during load: everything that was
-sent completes, the rest is not sent or refused by a closed port, and the server and its children exit. Loopback
-only; every run is bounded in requests and time (eval.overload)."""
+sent completes or is refused with the queue-full error, the rest is not sent or refused by a closed port, and the
+server and its children exit. Loopback only; every run is bounded in requests and time (eval.overload)."""
 
 from __future__ import annotations
 
