@@ -80,7 +80,9 @@ def sglang_arrival(
                           f"({context_len})")  # fmt: skip
     max_req_len = pool_tokens - 1 if context_len is None else min(context_len - 1, pool_tokens - 1)
     if prompt_len >= max_req_len - 5:
-        return None, f"rejected: input ({prompt_len} tokens) exceeds the maximum allowed length ({max_req_len - 5})"
+        why = "the context length" if context_len is not None and context_len <= pool_tokens else "the KV pool"
+        return None, (f"rejected: input ({prompt_len} tokens) exceeds the maximum allowed length ({max_req_len - 5}): "
+                      f"it does not fit {why} ({min(context_len or pool_tokens, pool_tokens)} tokens)")  # fmt: skip
     pages = math.ceil(prompt_len / page_size) * page_size
     max_new = min(max_new_tokens, max_req_len - prompt_len - 1, pool_tokens - pages - page_size - 1)
     if max_new < 1:

@@ -18,13 +18,14 @@ Scenarios (``--list``):
 * ``sharegpt-a100-40gb-13b``: KV tight. Llama-2-13B on an A100 40GB (pool ~10.8k tokens: a dozen conversations),
   ShareGPT lengths with prompts up to half of Llama-2's 4k context, client cap 2048 (every request fits the context).
 * ``reasoning-h100-8b-32k``: long outputs. Llama-3-8B shape at 32k context (Llama-3.1-8B) on an H100; no client cap;
-  outputs are the Azure conversation lengths x 28 (mean ~5.9k, p99 ~17k tokens): no long-output trace ships in
+  outputs are the Azure conversation lengths x 24 (the trace's first rows average 256 tokens: mean ~6.1k, median
+  ~5.2k, p99 ~14k tokens over the scenario's 300 requests): no long-output trace ships in
   ``data/``, so real lengths are scaled to the reported range of reasoning models — MLPerf Inference v5.1's
   DeepSeek-R1 set averages ~3.9k output tokens with a 20k maximum (mlcommons.org/2025/09/deepseek-inference-5-1),
   DeepSeek-R1 spends ~4.7k tokens on hard MATH problems (arXiv 2501.18576) and R1-Zero's responses approach ~10k on
   its RL training set (arXiv 2501.12948, Fig. 3). The scaling keeps the conversation trace's shape (heavy tail).
 * ``burst``: 1,000 requests arriving at t = 0 (one "rate": ``burst``), Llama-3-8B at 32k context, Azure conversation
-  lengths with outputs x8 (mean ~1.7k tokens: long answers that make the flood bind on KV without the reasoning
+  lengths with outputs x8 (mean ~2k tokens: long answers that make the flood bind on KV without the reasoning
   scenario's hour-long runs); admission alone decides.
 * ``mixed-code-conv``: AccelGen's setting. Azure code (long prompts, short outputs) and conversation traces merged,
   SLOs per application.
@@ -113,12 +114,12 @@ SCENARIOS: dict[str, Scenario] = {
                  "chat on a 13B model that decodes at a 70B-class speed on an A100: MLPerf's Llama2-70b "
                  f"conversational TTFT 2 s / TPOT 200 ms; {_MLPERF_NOTE}", cap=2048, max_prompt=2048, kv="tight"),
         Scenario("reasoning-h100-8b-32k", "long outputs: Llama-3-8B shape at 32k context / H100, Azure conversation "
-                 "lengths with outputs x28 (mean ~5.9k tokens), no client cap", "h100-llama3-8b-32k", "azure-conv",
+                 "lengths with outputs x24 (mean ~6.1k tokens), no client cap", "h100-llama3-8b-32k", "azure-conv",
                  300, {"absolute": _abs("reasoning"), "relative": DEFAULT_SPEC},
                  f"reasoning service: MLPerf's DeepSeek-r1 server TTFT 2 s / TPOT 80 ms; {_MLPERF_NOTE}",
-                 output_scale=28.0, kv="long outputs (KV bound)"),
+                 output_scale=24.0, kv="long outputs (KV bound)"),
         Scenario("burst", "1,000 requests at t = 0 on Llama-3-8B shape at 32k context / H100, Azure conversation "
-                 "lengths with outputs x8 (mean ~1.7k tokens), no client cap: admission alone decides",
+                 "lengths with outputs x8 (mean ~2k tokens), no client cap: admission alone decides",
                  "h100-llama3-8b-32k", "azure-conv", 1000,
                  {"absolute": _abs("reasoning"), "relative": DEFAULT_SPEC},
                  f"long answers: MLPerf's DeepSeek-r1 server TTFT 2 s / TPOT 80 ms; {_MLPERF_NOTE}", burst=True,
