@@ -94,6 +94,9 @@ class _Runner:
         self.ceiling = ceiling or 2 * knee  # the burst's completion rate
         self.calls: list[Any] = []
 
+    def run(self, cells: list[dict[str, Any]], desc: str = "") -> list[dict[str, Any]]:
+        return [self.one(c) for c in cells]
+
     def one(self, cell: dict[str, Any], desc: str = "") -> dict[str, Any]:
         self.calls.append(cell["rate"])
         if cell["rate"] == SC.BURST:

@@ -66,7 +66,10 @@ def scenario_header(sc: SC.Scenario) -> dict[str, Any]:
 
 
 def anchor(sc: SC.Scenario, names: list[str]) -> tuple[str, float | None]:
-    """Grid anchor: sglang-mixed's capacity when every compared variant is mixed and it is stored, else sglang's."""
+    """Grid anchor: the scenario's own anchor when it names one and it is stored; else sglang-mixed's capacity when
+    every compared variant is mixed and it is stored, else sglang's."""
+    if sc.anchor and SC.stored_capacity(sc.name, sc.anchor) is not None:
+        return sc.anchor, SC.stored_capacity(sc.name, sc.anchor)
     if all(VARIANTS[n].mixed for n in names):
         cap = SC.stored_capacity(sc.name, "sglang-mixed")
         if cap is not None:
@@ -126,7 +129,7 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
     runner = CellRunner(CellCache(a.cache), jobs=a.jobs, progress=not a.no_progress)
     t0 = time.monotonic()
     if a.capacity:
-        for base in ("sglang", "sglang-mixed"):
+        for base in dict.fromkeys(("sglang", "sglang-mixed", *([sc.anchor] if sc.anchor else []))):
             why = unavailable_reason(VARIANTS[base])
             if why:
                 print(f"[compare] {base}: unavailable ({why}); capacity not computed", file=sys.stderr)
@@ -153,7 +156,8 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
     out = {"scenario": scenario_header(sc), "command": cmd, "fingerprint": code_fingerprint(), "commit": git_commit(),
            "interval": S.INTERVAL, "max_rate_method": S.MAX_RATE_METHOD, "tie_rule": S.TIE_RULE,
            "capacity": {"anchor": anchor_name, "value": cap, "sglang": SC.stored_capacity(sc.name, "sglang"),
-                        "sglang-mixed": SC.stored_capacity(sc.name, "sglang-mixed")},
+                        "sglang-mixed": SC.stored_capacity(sc.name, "sglang-mixed"),
+                        **({sc.anchor: SC.stored_capacity(sc.name, sc.anchor)} if sc.anchor else {})},
            "rates": rates, "seeds": seeds, "num_requests": a.requests or sc.num_requests,
            "variants": {v.name: {"policy": v.policy, "flags": v.flags, "mixed": v.mixed, "matched": v.matched,
                                  "chunk": v.chunk, "estimates": v.estimates, "what": v.what} for v in variants},

@@ -35,10 +35,11 @@ def anchor_capacity(sc: SC.Scenario, anchor: str) -> tuple[str, float | None]:
 
 def rates_of(ctx: Context, sc: SC.Scenario, loads: Sequence[float] | None = None,
              anchor: str = "sglang") -> list[float | str] | None:  # fmt: skip
-    """The scenario's rates at the run's loads (x the anchor's stored capacity), or None without a capacity."""
+    """The scenario's rates at the run's loads (x the anchor's stored capacity; the scenario's own anchor when it
+    names one), or None without a capacity."""
     if sc.burst:
         return [SC.BURST]
-    _name, cap = anchor_capacity(sc, anchor)
+    _name, cap = anchor_capacity(sc, sc.anchor or anchor)
     if cap is None:
         return None
     return [round(cap * x, 4) for x in (loads or ctx.settings.loads or sc.loads)]
@@ -66,7 +67,7 @@ def compare(ctx: Context, scenario: str, variants: Sequence[str | Variant], *, l
     doc = run_compare(sc, vs, rates, seeds, settings_of(ctx, sc), ctx.runner,
                       num_requests=num_requests or ctx.settings.num_requests, regime=regime,
                       desc=desc or scenario)  # fmt: skip
-    used, cap = anchor_capacity(sc, anchor)
+    used, cap = anchor_capacity(sc, sc.anchor or anchor)
     return {"scenario": scenario, "rates": rates, "seeds": seeds, "unavailable": missing, "slo": doc,
             "capacity": cap, "anchor": used}  # fmt: skip
 
