@@ -80,6 +80,14 @@ def _fake_result(att: float, goodput: float) -> dict[str, Any]:
             "preempt_per_1k": {"recompute": 0.0, "swap": 0.0, "total": 0.0}, "wall_s": 0.1}  # fmt: skip
 
 
+def test_priority_follows_the_tightest_tbt_class() -> None:
+    from eval.compare.cell import priority_by_class
+
+    assert priority_by_class("tight=1:5x:3x,medium=1:10x:6x,loose=1:20x:12x") == "loose=0,medium=1,tight=2"
+    assert priority_by_class("app:alpaca=5x:2x,arxiv=20x:12x") == "alpaca=1,arxiv=0"
+    assert priority_by_class("abs:2000:100") == ""  # one class: nothing to order
+
+
 def test_tuned_variant_takes_the_best_member() -> None:
     members = {"c512": aggregate([_fake_result(0.80, 5.0)]), "c256": aggregate([_fake_result(0.95, 4.0)]),
                "c128": aggregate([_fake_result(0.95, 4.5)])}  # fmt: skip

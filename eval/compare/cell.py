@@ -25,7 +25,7 @@ def priority_by_class(slo_spec: str) -> str:
     from eval.slo import parse_slo
     from policies.latency import IterationLatencyModel
 
-    spec = parse_slo(slo_spec, IterationLatencyModel(c0_s=1e-3))  # any model: only the objectives' values matter
+    spec = parse_slo(slo_spec, IterationLatencyModel(c0_s=1e-3, c_tok_s=1e-5))  # only the objectives matter
     if spec is None or len(spec.classes) < 2:
         return ""
     key = {c.name: (c.tbt.value if c.tbt is not None else float("inf")) for c in spec.classes}
