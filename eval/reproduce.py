@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.figures import Context, Settings, all_figures
-from eval.figures.cells import ROOT, CellCache, CellRunner, code_fingerprint, git_commit
+from eval.figures.cells import ROOT, CellCache, CellRunner, code_fingerprint, git_commit, shown_argv, shown_path
 from eval.figures.report import render
 
 
@@ -78,21 +78,15 @@ def run(settings: Settings, out: Path, *, only: list[str] | None = None, report:
     record = {"command": command, "settings": asdict(settings), "figures": chosen, "skipped": skipped,
               "figure_wall_s": walls, "wall_s": time.monotonic() - t0, "cells_computed": cache.misses,
               "cells_cached": cache.hits, "fingerprint": code_fingerprint(), "commit": git_commit(),
-              "cache": _shown(cache.root)}  # fmt: skip
+              "cache": shown_path(cache.root)}  # fmt: skip
     (out / "run.json").write_text(json.dumps(record, indent=1) + "\n")
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(render(out, report, {n: figs[n] for n in figs if n in chosen or n in skipped}, record))
     ctx.log(
-        f"[reproduce] wrote {_shown(report)} and {len(chosen)} figure(s) in {_shown(out)} in {record['wall_s']:.0f} s"
+        f"[reproduce] wrote {shown_path(report)} and {len(chosen)} figure(s) in {shown_path(out)} in "
+        f"{record['wall_s']:.0f} s"
     )
     return record
-
-
-def _shown(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(ROOT))
-    except ValueError:
-        return path.name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out = Path(args.out) if args.out else ROOT / "docs" / "figures"
     report = Path(args.report) if args.report else (out / "REPORT.md" if args.out else ROOT / "docs" / "REPORT.md")
-    args_shown = [_shown(Path(x)) if x.startswith("/") else x for x in (argv if argv is not None else sys.argv[1:])]
-    cmd = "python -m eval.reproduce" + (" " + " ".join(args_shown)).rstrip()
+    cmd = "python -m eval.reproduce" + (" " + shown_argv(argv if argv is not None else sys.argv[1:])).rstrip()
     run(Settings.for_mode(args.quick), out, only=args.only, report=report,
         cache_dir=Path(args.cache) if args.cache else None, jobs=args.jobs, live=not args.no_live,
         progress=not args.no_progress, command=cmd.strip())  # fmt: skip

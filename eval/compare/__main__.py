@@ -27,7 +27,7 @@ from eval.compare import stats as S
 from eval.compare.capacity import find_capacity
 from eval.compare.engine import run_compare
 from eval.compare.render import markdown
-from eval.figures.cells import ROOT, CellCache, CellRunner, code_fingerprint, git_commit
+from eval.figures.cells import ROOT, CellCache, CellRunner, code_fingerprint, git_commit, shown_argv
 from eval.variants import VARIANTS, resolve, unavailable_reason
 
 
@@ -152,7 +152,7 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
     rates = parse_rates(a.rates) or SC.rate_grid(sc, cap)
     seeds = list(range(a.seeds or sc.seeds))
     doc = run_compare(sc, variants, rates, seeds, settings, runner, num_requests=a.requests, regime=a.estimates)
-    cmd = "python -m eval.compare " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = "python -m eval.compare " + shown_argv(argv if argv is not None else sys.argv[1:])
     out = {"scenario": scenario_header(sc), "command": cmd, "fingerprint": code_fingerprint(), "commit": git_commit(),
            "interval": S.INTERVAL, "max_rate_method": S.MAX_RATE_METHOD, "tie_rule": S.TIE_RULE,
            "capacity": {"anchor": anchor_name, "value": cap, "sglang": SC.stored_capacity(sc.name, "sglang"),

@@ -62,6 +62,19 @@ def git_commit() -> str:
     return (head + ("+dirty" if dirty else "")) if head else "unknown"
 
 
+def shown_path(path: str | Path) -> str:
+    """A path as a recorded command or report shows it: relative to the repository, else its name (never an
+    absolute machine path)."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return Path(path).name
+
+
+def shown_argv(argv: list[str]) -> str:
+    return " ".join(shown_path(x) if x.startswith("/") else x for x in argv)
+
+
 def cell_key(params: dict[str, Any], fingerprint: str | None = None) -> str:
     blob = json.dumps({"params": params, "code": fingerprint or code_fingerprint()}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
