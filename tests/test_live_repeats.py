@@ -56,8 +56,8 @@ def test_repeats_alternate_and_report_median_and_range() -> None:
 def test_tiny_live_run_with_repeats(tmp_path: Path) -> None:
     """A real run: stock and cacheopt on the tiny CPU server, 2 repeats of 6 requests each."""
     out = tmp_path / "live"
-    cmd = [sys.executable, str(ROOT / "scripts" / "live_experiment.py"), "--ci", "--num-requests", "6", "--rate", "4",
-           "--repeats", "2", "--out", str(out)]  # fmt: skip
+    cmd = [sys.executable, str(ROOT / "scripts" / "live_experiment.py"), "--num-requests", "6", "--rate", "4",
+           "--repeats", "2", "--timeout", "900", "--out", str(out)]  # fmt: skip
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500)
     assert res.returncode == 0, res.stderr[-3000:]
     doc = json.loads((out / "comparison.json").read_text())
