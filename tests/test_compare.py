@@ -119,3 +119,15 @@ def test_capacity_search_brackets_the_knee() -> None:
     assert res["first_failing_rps"] - res["capacity_rps"] < 6.6 / 2**7
     high = find_capacity(SC.get("chat-h100-8b"), VARIANTS["sglang"], _Runner(1e9, 1.0), steps=2)  # type: ignore[arg-type]
     assert high["first_failing_rps"] is None and high["capacity_rps"] >= 1.5**3  # never misses: a lower bound
+
+
+def test_seeds_draw_other_requests_on_trace_workloads() -> None:
+    from eval.compare.cell import cell_params
+    from eval.workloads import load_workload
+
+    sc = SC.get("burst")
+    p0, p2 = (cell_params(sc, VARIANTS["sglang"], "burst", s, "absolute", num_requests=50) for s in (0, 2))
+    assert "start" not in p0["workload_kwargs"] and p2["workload_kwargs"]["start"] == 100
+    a = load_workload(sc.workload, num_requests=50, rate=1.0, seed=0, **p0["workload_kwargs"])
+    b = load_workload(sc.workload, num_requests=50, rate=1.0, seed=2, **p2["workload_kwargs"])
+    assert [s.prompt_len for s in a] != [s.prompt_len for s in b]

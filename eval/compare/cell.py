@@ -5,6 +5,11 @@ everything it depends on (the scenario's resolved profile, pool, chunk, context 
 policy, flags, chunk, batching mode and estimates), so it can be cached under a key of those parameters and of the
 code's fingerprint (``eval.figures.cells``) and run in any worker process. The SLOs are the scenario's and never
 depend on the variant: relative TTFT objectives use the profile's device-default chunk for every variant.
+
+Seeds draw different workloads: they seed the Poisson arrivals, SLO classes, sampled rows and estimate errors, and on
+a trace workload (which replays a contiguous slice of the trace) seed ``k`` replays the slice starting at row
+``k x requests``, so a burst (no arrivals to vary) and every trace scenario see other requests per seed. The slice
+start is recorded in the parameters when it is not 0.
 """
 
 from __future__ import annotations
@@ -44,11 +49,15 @@ def cell_params(scenario: Scenario, variant: Variant, rate: float | str, seed: i
     flags = dict(variant.flags)
     if flags.get("ext_sglang_enable_priority_scheduling"):
         flags.setdefault("ext_sglang_priority_by_class", priority_by_class(slo))
+    n = num_requests or scenario.num_requests
+    wl = scenario.workload_kwargs()
+    if seed:
+        wl["start"] = seed * n  # ignored by sampled sources; a trace replays another slice
     return {
         "kind": KIND, "scenario": scenario.name, "profile": scenario.profile, "workload": scenario.workload,
-        "n": num_requests or scenario.num_requests, "seed": seed,
+        "n": n, "seed": seed,
         "rate": rate if rate == BURST else round(float(rate), 4), "slo_setting": slo_setting, "slo": slo,
-        "workload_kwargs": scenario.workload_kwargs(), "page_size": scenario.page_size,
+        "workload_kwargs": wl, "page_size": scenario.page_size,
         "pool_tokens": scenario.pool_tokens or prof.kv_capacity_tokens, "device_chunk": chunk,
         "context_len": prof.context_len, "variant": variant.name, "policy": variant.policy, "flags": flags,
         "chunk": variant.chunk or chunk, "mixed": variant.mixed, "attrs": dict(variant.attrs),
