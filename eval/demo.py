@@ -3,7 +3,9 @@
 Both servers get the same small KV pool (KV competition on purpose) and the same slice of a real trace (Azure 2023
 conversation lengths, scaled to the tiny model), replayed open-loop with the same seeded Poisson arrivals and the
 same per-request SLOs. Prints a side-by-side table and writes ``<out>/demo.png`` and ``<out>/demo.json``.
-Servers are started and stopped in turn; each is stopped by PID on success, failure and Ctrl-C.
+Servers are started and stopped in turn; each is stopped by PID on success, failure and Ctrl-C. Every side records
+the 1-minute load average before and after it and warns above 1.0 per core; ``--repeats K`` runs the pair K times
+(side order alternating) and reports median [min-max] per metric (eval.live_repeats).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from eval.live_repeats import cell, run_repeats, with_load
 from eval.loadgen import run_load
 from eval.metrics import write_records
 from eval.server import ServerProcess, cpu_server_args
@@ -38,9 +41,15 @@ def demo_workload(args: argparse.Namespace) -> list[RequestSpec]:
     return [dataclasses.replace(s, ttft_slo_ms=args.ttft_slo_ms, tbt_slo_ms=args.tbt_slo_ms) for s in specs]
 
 
-def run_side(name: str, extra: list[str], specs: list[RequestSpec], args: argparse.Namespace) -> dict[str, Any]:
+def run_side(name: str, extra: list[str], specs: list[RequestSpec], args: argparse.Namespace,
+             out: Path | None = None) -> dict[str, Any]:  # fmt: skip
+    return with_load(name, lambda: _run_side(name, extra, specs, args, out or Path(args.out)))
+
+
+def _run_side(name: str, extra: list[str], specs: list[RequestSpec], args: argparse.Namespace,
+              out: Path) -> dict[str, Any]:  # fmt: skip
     server_args = cpu_server_args(pool_tokens=args.pool_tokens, extra=extra)
-    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     print(f"[demo] starting {name} server ({' '.join(extra) or 'stock flags'}) ...", flush=True)
     with ServerProcess(server_args, log_path=out / f"server_{name}.log") as srv:
         print(f"[demo] {name}: healthy after {srv.startup_s:.1f} s; replaying {len(specs)} requests", flush=True)
@@ -59,14 +68,20 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def table(stock: dict[str, Any], ext: dict[str, Any], label: str) -> str:
-    lines = [f"| metric | stock SGLang | {label} | stock/{label} |", "|---|---:|---:|---:|"]
+def table(stock: dict[str, Any], ext: dict[str, Any], label: str, ranges: dict[str, Any] | None = None) -> str:
+    """Side-by-side table; with ``ranges`` (repeats) each cell is ``median [min-max]``; the last rows give the
+    repeats and the worst 1-minute load average around each side."""
+    rs, re_ = (ranges or {}).get("stock", {}), (ranges or {}).get("ext", {})
+    lines = [f"| metric | stock SGLang | {label} | stock/{label} (medians) |", "|---|---:|---:|---:|"]
     for key in TABLE_ROWS:
         a, b = stock.get(key), ext.get(key)
         ratio = "-"
         if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b:
             ratio = f"{a / b:.2f}x"
-        lines.append(f"| {key} | {_fmt(a)} | {_fmt(b)} | {ratio} |")
+        lines.append(f"| {key} | {cell(a, rs.get(key), _fmt)} | {cell(b, re_.get(key), _fmt)} | {ratio} |")
+    lines.append(f"| repeats | {stock.get('repeats', 1)} | {ext.get('repeats', 1)} | |")
+    load = lambda s: "-" if not s.get("load_avg_1min") else "{:.2f} -> {:.2f}".format(*s["load_avg_1min"])  # noqa: E731
+    lines.append(f"| 1-min load average (before -> after, worst repeat) | {load(stock)} | {load(ext)} | |")
     return "\n".join(lines)
 
 
@@ -110,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tbt-slo-ms", type=float, default=150.0)
     ap.add_argument("--mode", default="cap", choices=("cap", "exact"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=1, help="run the pair K times: median [min-max] per metric")
     ap.add_argument("--ext-args", default=DEFAULT_EXT_ARGS,
                     help=f"more --ext-* flags for the extension side (default: {DEFAULT_EXT_ARGS!r})")  # fmt: skip
     ap.add_argument("--out", default=str(ROOT / "runs" / "demo"))
@@ -119,19 +135,35 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     specs = demo_workload(args)
     label = f"+ext {args.policy}"
+    if args.repeats < 1:
+        print("error: --repeats must be >= 1", file=sys.stderr)
+        return 2
+    ext_flags = ["--ext-policy", args.policy, *args.ext_args.split()]
+
+    def where(i: int) -> Path:
+        return out if args.repeats == 1 else out / f"repeat-{i}"
+
     try:
-        stock = run_side("stock", [], specs, args)
-        ext = run_side(args.policy, ["--ext-policy", args.policy, *args.ext_args.split()], specs, args)
+        rep = run_repeats(
+            args.repeats,
+            [
+                ("stock", lambda i: run_side("stock", [], specs, args, where(i))),
+                ("ext", lambda i: run_side(args.policy, ext_flags, specs, args, where(i))),
+            ],
+        )
     except KeyboardInterrupt:
         print("[demo] interrupted; servers stopped", file=sys.stderr)
         return 130
+    stock, ext = rep["median"]["stock"], rep["median"]["ext"]
     title = (f"azure-conv x{len(specs)} (lengths /{args.scale:g}), Poisson {args.rate:g} req/s, pool "
              f"{args.pool_tokens} tokens, mode={args.mode}, SLO TTFT {args.ttft_slo_ms:g} ms / TBT "
-             f"{args.tbt_slo_ms:g} ms")  # fmt: skip
-    md = table(stock, ext, label)
+             f"{args.tbt_slo_ms:g} ms, {args.repeats} repeat(s)")  # fmt: skip
+    md = table(stock, ext, label, rep["range"])
     print(f"\n{title}\n\n{md}\n")
     plot(stock, ext, label, out / "demo.png", title)
-    (out / "demo.json").write_text(json.dumps({"title": title, "stock": stock, args.policy: ext}, indent=2))
+    doc = {"title": title, "stock": stock, args.policy: ext, "range": rep["range"], "repeats": rep["repeats"],
+           "order": rep["order"]}  # fmt: skip
+    (out / "demo.json").write_text(json.dumps(doc, indent=2))
     (out / "demo.md").write_text(f"{title}\n\n{md}\n")
     print(f"[demo] wrote {out / 'demo.png'}, {out / 'demo.json'} in {time.monotonic() - t0:.0f} s")
     return 0

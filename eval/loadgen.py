@@ -369,8 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=None, help="Poisson req/s (inf = burst); omit = trace timestamps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", type=float, default=1.0, help="divide every length by this")
-    ap.add_argument("--max-context", type=int, default=None, help="clip prompt + output to this many tokens")
-    ap.add_argument("--max-new-tokens", default="auto", help="visible cap policy: auto, exact or an int")
+    ap.add_argument("--max-context", type=int, default=None, help="the served model's context length (tokens)")
+    ap.add_argument("--max-new-tokens", default=None, help="visible cap (eval.caps): an int (a client's max_tokens), "
+                    "context (no client cap: the context room, needs --max-context) or exact (an oracle cap); "
+                    "default: context with --max-context, else 4096")  # fmt: skip
     ap.add_argument("--start", type=int, default=0, help="first trace row")
     ap.add_argument("--slo", default="none", help="SLO spec (eval.slo): none, default, abs:TTFT_MS:TBT_MS, classes")
     ap.add_argument("--slo-profile", default=None, help="latency profile (profiles) for relative SLOs ('<k>x')")
@@ -383,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     wl = {k: getattr(a, k) for k in ("num_requests", "rate", "seed", "scale", "max_context", "start")}
-    wl["max_new_tokens"] = int(a.max_new_tokens) if a.max_new_tokens.isdigit() else a.max_new_tokens
+    cap = a.max_new_tokens
+    wl["max_new_tokens"] = int(cap) if cap is not None and cap.isdigit() else cap
     try:
         slo = parse_slo(a.slo, profiles.get(a.slo_profile) if a.slo_profile else None, a.slo_chunk_tokens)
         specs = load_workload(a.workload, slo=slo, **wl)

@@ -1,16 +1,18 @@
 """``python -m eval.reproduce [--quick] [--only FIGURE] [--out DIR]``: regenerate every paper figure and the report.
 
 Why one command: a reader judges a research extension by whether it regenerates the papers' figures and whether
-the claims hold on their own machine. This composes the project's evaluations (the simulator and its baselines,
-eval.accelgen_eval's setup, predictors.evaluate, the live CPU server through eval.server + eval.loadgen) into
-figures, each named after what it shows (``--list``), and writes ``DIR/<figure>.json``, ``DIR/<figure>.png`` and
-the report (CacheOPT C1-C5 and AccelGen A1-A4 headline claims beside our numbers, honest about misses).
+the claims hold on their own machine. This composes the project's evaluations — the compare engine
+(``eval.compare``: named scenarios x policy variants at matched batching, seeds, intervals), predictors.evaluate,
+the live CPU server through eval.server + eval.loadgen — into figures, each named after what it shows (``--list``),
+and writes ``DIR/<figure>.json``, ``DIR/<figure>.png`` and the report (CacheOPT C1-C5 and AccelGen A1-A4 headline
+claims against matched stock SGLang and against each paper's own baseline family, honest about ties and misses). The
+report's first lines state the code fingerprint and commit of the code that computed it.
 
-Resumable: every simulation (policy x profile x workload x rate x options) is a cell stored under ``--cache`` as
-JSON keyed by a hash of its parameters and of the code that computes it; a finished cell is never recomputed, so an
-interrupted run continues where it stopped. Seeds are fixed. ``--quick`` (<= 10 min on 2 cores) sweeps one
-profile/workload per paper with fewer rates and requests; the full run (<= 2 h) sweeps three GPU profiles and two
-workloads per paper.
+Resumable: every simulation is a cell stored under ``--cache`` as JSON keyed by a hash of its parameters and of the
+code that computes it; a finished cell is never recomputed, so an interrupted run continues where it stopped. Seeds
+are fixed. ``--quick`` (<= 10 min on 2 cores) runs one KV-bound and one AccelGen scenario at three loads, one seed,
+150 requests, the primary SLO setting; the full run (hours) runs every scenario with its own grid, requests, seeds
+and both SLO settings. Scenario grids need stored capacities (``python -m eval.compare --scenario all --capacity``).
 
     python -m eval.reproduce --quick                      # docs/figures/*.{json,png} + docs/REPORT.md
     python -m eval.reproduce --only max_sustainable_rate --out /tmp/repro --report /tmp/repro/REPORT.md
@@ -21,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -29,16 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from eval.figures import Context, Settings, all_figures
-from eval.figures.cells import ROOT, CellCache, CellRunner, code_fingerprint
+from eval.figures.cells import ROOT, CellCache, CellRunner, code_fingerprint, git_commit, shown_argv, shown_path
 from eval.figures.report import render
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "unknown"  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def select(only: list[str] | None, live: bool, predictor: bool = True) -> tuple[list[str], dict[str, str]]:
@@ -84,12 +77,15 @@ def run(settings: Settings, out: Path, *, only: list[str] | None = None, report:
         ctx.log(f"[reproduce] {name} done in {walls[name]:.1f} s (cells: {cache.misses} computed, {cache.hits} cached)")
     record = {"command": command, "settings": asdict(settings), "figures": chosen, "skipped": skipped,
               "figure_wall_s": walls, "wall_s": time.monotonic() - t0, "cells_computed": cache.misses,
-              "cells_cached": cache.hits, "fingerprint": code_fingerprint(), "commit": _commit(),
-              "cache": str(cache.root)}  # fmt: skip
+              "cells_cached": cache.hits, "fingerprint": code_fingerprint(), "commit": git_commit(),
+              "cache": shown_path(cache.root)}  # fmt: skip
     (out / "run.json").write_text(json.dumps(record, indent=1) + "\n")
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(render(out, report, {n: figs[n] for n in figs if n in chosen or n in skipped}, record))
-    ctx.log(f"[reproduce] wrote {report} and {len(chosen)} figure(s) in {out} in {record['wall_s']:.0f} s")
+    ctx.log(
+        f"[reproduce] wrote {shown_path(report)} and {len(chosen)} figure(s) in {shown_path(out)} in "
+        f"{record['wall_s']:.0f} s"
+    )
     return record
 
 
@@ -111,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out = Path(args.out) if args.out else ROOT / "docs" / "figures"
     report = Path(args.report) if args.report else (out / "REPORT.md" if args.out else ROOT / "docs" / "REPORT.md")
-    cmd = "python -m eval.reproduce" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    cmd = "python -m eval.reproduce" + (" " + shown_argv(argv if argv is not None else sys.argv[1:])).rstrip()
     run(Settings.for_mode(args.quick), out, only=args.only, report=report,
         cache_dir=Path(args.cache) if args.cache else None, jobs=args.jobs, live=not args.no_live,
         progress=not args.no_progress, command=cmd.strip())  # fmt: skip

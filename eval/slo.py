@@ -12,14 +12,18 @@ Isolated latency on a latency model (any object with ``prefill_s(tokens, context
 - TBT: one decode step alone at the request's final context (prompt + output): the slowest step the request takes
   alone, so a 1x TBT SLO is attainable in isolation.
 
-Classes are drawn per request by a seeded random mix with the classes' shares. Spec strings (CLIs)::
+Classes are drawn per request by a seeded random mix with the classes' shares, or set per application: every
+request of one source (``RequestSpec.source``, e.g. ``alpaca`` chat beside ``arxiv`` summarisation) gets that
+source's class, as AccelGen's setting has it (SLOs belong to applications, not to random requests). Spec strings::
 
     none                                   no SLOs
     default                                tight=1:5x:3x,medium=1:10x:6x,loose=1:20x:12x (equal shares)
     abs:TTFT_MS:TBT_MS                     one absolute class named "abs"
     NAME=SHARE:TTFT:TBT[,NAME=...]         TTFT/TBT each "<k>x" (multiple), "<ms>" (absolute ms) or "-" (none)
+    app:SOURCE=TTFT:TBT[,SOURCE=...]       one class per application (class name = source; "*" = any other)
 
-The default multiples are tunable starting points, not figures from the papers.
+The default multiples are tunable starting points, not figures from the papers. Production-style absolute settings
+with their sources are in :data:`PRODUCTION` (the scenarios in ``eval.scenarios`` pick from it).
 """
 
 from __future__ import annotations
@@ -34,6 +38,29 @@ from eval.workloads import RequestSpec
 from policies.latency import BatchShape
 
 DEFAULT_SPEC = "tight=1:5x:3x,medium=1:10x:6x,loose=1:20x:12x"
+_MLPERF = "MLPerf Inference rules, mlcommons/inference_policies inference_rules.adoc @ ac93e89"
+
+
+@dataclass(frozen=True, slots=True)
+class Production:
+    """An absolute, production-style objective pair (ms) and where it comes from. MLPerf bounds the p99 over
+    requests of TTFT and of TPOT (a request's *mean* gap); our TBT rule (eval.metrics: <= 10% of gaps over, longest
+    <= 5x) judges every gap, so the same number is stricter here."""
+
+    ttft_ms: float
+    tbt_ms: float
+    source: str
+
+
+PRODUCTION: dict[str, Production] = {
+    "chat": Production(2000, 100, f"{_MLPERF}: Llama3.1-8B, conversational category, TTFT/TPOT 2000 ms/100 ms"),
+    "chat-interactive": Production(500, 30, f"{_MLPERF}: Llama3.1-8B, interactive category, TTFT/TPOT 500/30 ms"),
+    "chat-70b": Production(2000, 200, f"{_MLPERF}: Llama2-70b (OpenOrca), conversational, TTFT/TPOT 2000/200 ms"),
+    "reasoning": Production(2000, 80, f"{_MLPERF}: DeepSeek-r1 (reasoning), server, TTFT/TPOT 2000 ms/80 ms"),
+    "code": Production(2000, 200, f"{_MLPERF}: Mixtral-8x7B (QA, math and code generation), TTFT/TPOT 2000/200 ms"),
+    "long-context": Production(6000, 175, f"{_MLPERF}: Llama3.1-405B (long-context text generation: LongBench, "
+                               "GovReport summarisation), server, TTFT/TPOT 6000 ms/175 ms"),
+}  # fmt: skip
 
 
 class IsolatedLatency(Protocol):
@@ -96,6 +123,7 @@ class SLOSpec:
     classes: tuple[SLOClass, ...]
     latency: IsolatedLatency | None = None
     chunk_tokens: int | None = None
+    by_source: bool = False  # True: class = the request's source (class names are sources, "*" = any other)
 
     def __post_init__(self) -> None:
         if not self.classes:
@@ -106,6 +134,15 @@ class SLOSpec:
             raise SLOSpecError("relative SLOs ('<k>x') need a latency model for the isolated latency")
 
     def assign(self, specs: list[RequestSpec], rng: np.random.Generator) -> list[RequestSpec]:
+        if self.by_source:
+            by = {c.name: c for c in self.classes}
+            out = []
+            for s in specs:
+                cls = by.get(s.source) or by.get("*")
+                if cls is None:
+                    raise SLOSpecError(f"SLO spec: no class for source {s.source!r} (valid: {', '.join(by)})")
+                out.append(self._apply(s, cls))
+            return out
         shares = np.asarray([c.share for c in self.classes], dtype=float)
         picks = rng.choice(len(self.classes), size=len(specs), p=shares / shares.sum())
         return [self._apply(s, self.classes[k]) for s, k in zip(specs, picks, strict=True)]
@@ -157,6 +194,16 @@ def parse_slo(text: str, latency: IsolatedLatency | None = None, chunk_tokens: i
         if (ttft and ttft.relative) or (tbt and tbt.relative):
             raise SLOSpecError(f"SLO spec {text!r}: abs: takes milliseconds, not multiples")
         return SLOSpec((SLOClass("abs", 1.0, ttft, tbt),))
+    if t.startswith("app:"):
+        apps = []
+        for part in t[4:].split(","):
+            name, sep, rest = part.partition("=")
+            fields = rest.split(":")
+            if not sep or len(fields) != 2 or not name.strip():
+                raise SLOSpecError(f"SLO application {part!r}: expected SOURCE=TTFT:TBT")
+            ttft, tbt = _objective(fields[0], f"{name} TTFT"), _objective(fields[1], f"{name} TBT")
+            apps.append(SLOClass(name.strip(), 1.0, ttft, tbt))
+        return SLOSpec(tuple(apps), latency, chunk_tokens, by_source=True)
     classes = []
     for part in t.split(","):
         name, sep, rest = part.partition("=")

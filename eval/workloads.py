@@ -15,13 +15,25 @@ Every workload is a list of :class:`RequestSpec` built from the real data in ``d
 - ``mixed-arxiv-sharegpt``: arXiv (long prompts, short outputs) and ShareGPT, mixed by ``long_share`` (default 0.3).
 These mixes are AccelGen's setting (A1-A3): short and long prompts competing for the same iterations.
 
+- ``mixed-chat-long``: genuinely short chat prompts (AlpacaEval instructions, median 23 tokens, with the true
+  Mistral response lengths) beside long-prompt summarisation (arXiv), mixed by ``long_share``: the tight-TBT chat
+  beside loose-TBT long prompts regime of AccelGen's A1.
+These mixes are AccelGen's setting (A1-A3): short and long prompts competing for the same iterations. Each request
+carries its ``source`` (the application it comes from), so SLOs can be set per application (``eval.slo``).
+
 Lengths: ``output_len`` is the response's true length in completion tokens, the last one being EOS (what the EOS
 forcer in ``sglang_ext.logit_processors`` delivers). Trace selection is the first ``num_requests`` rows from
 ``start`` (timestamps keep their structure); length-stat and prompt sources are sampled with the seed.
+``max_prompt`` drops rows with longer prompts before selection (a dataset filter on what a client sends, never on
+the output), ``output_scale`` multiplies every true output length (a documented scaling, e.g. to reasoning lengths).
 
-The visible cap (``max_new_tokens``, all a scheduler sees of the output length, CacheOPT C1): ``"auto"`` =
-``max(2 x true, ceil(512 / scale))`` clipped to the context room; an ``int`` k = ``max(k, true)`` clipped likewise;
-``"exact"`` = the true length (an oracle cap, only for comparison with other papers).
+The visible cap (``max_new_tokens``, all a scheduler sees of the output length, CacheOPT C1) is the client's
+(``eval.caps``): a fixed ``int``, ``"context"`` (no client cap: SGLang fills in the context room) or the oracle
+``"exact"``; it never depends on the true length. ``max_context`` is the served model's context length: a prompt
+longer than :data:`MAX_PROMPT_SHARE` of it is cut there (a client keeping room for the answer; the prompt's own length
+decides, never the output), and the true output is cut at the context room (the model cannot write past its context).
+A fixed cap that does not fit the context is left as the client sent it: the host refuses the request as SGLang does
+(``eval.caps.sglang_arrival``).
 """
 
 from __future__ import annotations
@@ -37,10 +49,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from eval.caps import ORACLE_CAP, CapError, check_cap_setting, client_cap
+
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 MOONCAKE_BLOCK_TOKENS = 512
-CAP_FLOOR_TOKENS = 512
 DEFAULT_LONG_SHARE = 0.3
+MAX_PROMPT_SHARE = 0.75  # prompts are cut to this share of max_context (room for the answer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +73,7 @@ class RequestSpec:
     prefix_hash_ids: tuple[int, ...] = ()  # Mooncake: one id per block; equal ids = shared prefix
     prompt_text: str | None = None
     prefix_block_tokens: int = 0  # tokens per prefix_hash_ids block after scaling (512 / scale); 0 = no blocks
+    source: str = ""  # the application / data source it comes from (per-application SLOs, per-source estimates)
 
 
 class WorkloadError(ValueError):
@@ -210,7 +225,8 @@ _SOURCES: dict[str, tuple[str, Callable[[Path], _Rows]]] = {
     "arxiv": ("lengths/arxiv_summarization_llama2_stats.csv", _stats),
     "alpaca": ("prompts/alpacaeval_Mistral-7B-Instruct-v0.2.json", _alpaca_cached),
 }
-_MIXES = {"mixed-code-conv": ("azure-code", "azure-conv"), "mixed-arxiv-sharegpt": ("arxiv", "sharegpt")}
+_MIXES = {"mixed-code-conv": ("azure-code", "azure-conv"), "mixed-arxiv-sharegpt": ("arxiv", "sharegpt"),
+          "mixed-chat-long": ("arxiv", "alpaca")}  # (long prompts, short prompts)  # fmt: skip
 
 
 def available_workloads() -> list[str]:
@@ -233,11 +249,16 @@ def _concat(a: _Rows, b: _Rows) -> _Rows:
     return _Rows(*(cat(getattr(a, f), getattr(b, f)) for f in ("prompt", "output", "ts", "hash_ids", "text", "source")))
 
 
-def _select(name: str, n: int, start: int, long_share: float | None, data_dir: Path, rng: np.random.Generator) -> _Rows:
-    """Trace rows: a contiguous slice (trace order); length-stat and prompt rows: a seeded sample."""
+def _select(name: str, n: int, start: int, long_share: float | None, data_dir: Path, rng: np.random.Generator,
+            keep: Callable[[_Rows], np.ndarray]) -> _Rows:  # fmt: skip
+    """Trace rows: a contiguous slice (trace order); length-stat and prompt rows: a seeded sample. ``keep`` masks
+    the rows a client would send (the prompt filter)."""
     if name in _MIXES:
         long_name, short_name = _MIXES[name]
-        long_rows, short_rows = _source(long_name, data_dir), _source(short_name, data_dir)
+        long_rows, short_rows = (
+            _filtered(_source(long_name, data_dir), keep),
+            _filtered(_source(short_name, data_dir), keep),
+        )
         if long_rows.ts is not None and short_rows.ts is not None and long_share is None:
             long_rows.ts, short_rows.ts = long_rows.ts - long_rows.ts[0], short_rows.ts - short_rows.ts[0]
             merged = _concat(long_rows, short_rows)
@@ -249,8 +270,15 @@ def _select(name: str, n: int, start: int, long_share: float | None, data_dir: P
         parts = _concat(_sample(long_rows, n_long, rng), _sample(short_rows, n - n_long, rng))
         parts.ts = None
         return parts.take(rng.permutation(n))
-    rows = _source(name, data_dir)
+    rows = _filtered(_source(name, data_dir), keep)
     return _slice(rows, n, start, name) if rows.ts is not None else _sample(rows, n, rng)
+
+
+def _filtered(rows: _Rows, keep: Callable[[_Rows], np.ndarray]) -> _Rows:
+    mask = keep(rows)
+    if not mask.any():
+        raise WorkloadError("max_prompt: no row of the source has a prompt that short")
+    return rows if mask.all() else rows.take(np.flatnonzero(mask))
 
 
 def _slice(rows: _Rows, n: int, start: int, name: str) -> _Rows:
@@ -271,25 +299,13 @@ def poisson_arrivals(n: int, rate: float, rng: np.random.Generator) -> np.ndarra
     return np.concatenate([[0.0], np.cumsum(gaps[:-1])])[:n]
 
 
-def visible_cap(output_len: int, room: int | None, policy: int | str, scale: float) -> int:
-    """``max_new_tokens`` for one request (see the module docstring): a realistic cap far above the truth."""
-    if policy == "exact":
-        cap = output_len
-    elif policy == "auto":
-        cap = max(2 * output_len, math.ceil(CAP_FLOOR_TOKENS / scale))
-    elif isinstance(policy, int) and not isinstance(policy, bool) and policy > 0:
-        cap = max(policy, output_len)
-    else:
-        raise WorkloadError(f"max_new_tokens must be 'auto', 'exact' or a positive int, got {policy!r}")
-    return cap if room is None else min(cap, room)
-
-
-def _clip(p: int, o: int, max_context: int | None) -> tuple[int, int]:
-    """Fit prompt + output into the context: shrink the prompt first (down to half the context), then the output."""
-    if max_context is None or p + o <= max_context:
-        return p, o
-    p2 = min(p, max(max_context - o, max_context // 2))
-    return p2, max(1, min(o, max_context - p2))
+def fit_context(prompt_len: int, output_len: int, max_context: int | None) -> tuple[int, int]:
+    """The request as a client with this context sends it: a prompt longer than ``MAX_PROMPT_SHARE`` of the context
+    is cut there (decided by the prompt alone), and the true output stops at the context room."""
+    if max_context is None:
+        return prompt_len, output_len
+    p = min(prompt_len, max(1, int(max_context * MAX_PROMPT_SHARE)))
+    return p, max(1, min(output_len, max_context - p - 2))
 
 
 def load_workload(
@@ -300,18 +316,21 @@ def load_workload(
     seed: int = 0,
     scale: float = 1.0,
     max_context: int | None = None,
-    max_new_tokens: int | str = "auto",
+    max_new_tokens: int | str | None = None,
     slo: SLOAssigner | None = None,
     start: int = 0,
     long_share: float | None = None,
     data_dir: str | Path | None = None,
+    max_prompt: int | None = None,
+    output_scale: float = 1.0,
 ) -> list[RequestSpec]:
     """Build ``num_requests`` requests of workload ``name``.
 
     ``rate``: requests/s of seeded Poisson arrivals; ``None`` replays the trace's own timestamps (trace workloads
-    only). ``scale`` divides every length (and Mooncake's block size) to fit a small model; ``max_context`` clips
-    prompt + output to a model's context. Independent seeded streams pick rows, arrivals and SLO classes, so
-    changing the rate leaves the requests' lengths and classes unchanged.
+    only). ``scale`` divides every length (and Mooncake's block size) to fit a small model; ``max_context`` is the
+    served model's context (module docstring); ``max_new_tokens`` the client cap (``eval.caps``; default: the
+    context room when ``max_context`` is given, else 4096). Independent seeded streams pick rows, arrivals and SLO
+    classes, so changing the rate leaves the requests' lengths and classes unchanged.
     """
     if name not in _SOURCES and name not in _MIXES:
         raise ValueError(f"unknown workload {name!r}; valid: {', '.join(available_workloads())}")
@@ -321,10 +340,24 @@ def load_workload(
         raise WorkloadError(f"rate must be > 0 requests/s, got {rate}")
     if not scale > 0:
         raise WorkloadError(f"scale must be > 0, got {scale}")
-    if max_context is not None and max_context < 2:
-        raise WorkloadError(f"max_context must be >= 2 tokens, got {max_context}")
+    if max_context is not None and max_context < 8:
+        raise WorkloadError(f"max_context must be >= 8 tokens, got {max_context}")
+    if not (output_scale > 0 and math.isfinite(output_scale)):
+        raise WorkloadError(f"output_scale must be > 0, got {output_scale}")
+    if max_prompt is not None and max_prompt < 1:
+        raise WorkloadError(f"max_prompt must be >= 1 token, got {max_prompt}")
+    try:
+        cap = check_cap_setting(max_new_tokens, max_context)
+    except CapError as e:
+        raise WorkloadError(str(e)) from None
     rng_rows, rng_arrivals, rng_slo = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
-    rows = _select(name, num_requests, start, long_share, Path(data_dir) if data_dir else DATA_DIR, rng_rows)
+
+    def keep(r: _Rows) -> np.ndarray:  # the prompt as the client sends it (text prompts are not scaled)
+        p = r.prompt if r.text is not None else np.maximum(1, np.round(r.prompt / scale))
+        return np.ones(len(r), bool) if max_prompt is None else p <= max_prompt
+
+    data = Path(data_dir) if data_dir else DATA_DIR
+    rows = _select(name, num_requests, start, long_share, data, rng_rows, keep)
     if rate is not None:
         arrivals = poisson_arrivals(num_requests, rate, rng_arrivals)
     elif rows.ts is None:
@@ -336,10 +369,9 @@ def load_workload(
     for i in range(num_requests):
         text = rows.text[i] if rows.text is not None else None
         p0 = int(rows.prompt[i]) if text is not None else max(1, round(rows.prompt[i] / scale))  # text is not scaled
-        p, o = _clip(p0, max(1, round(rows.output[i] / scale)), max_context)
+        p, o = fit_context(p0, max(1, round(rows.output[i] * output_scale / scale)), max_context)
         if text is not None and p < p0:
             text = _truncate_text(text, p)
-        room = None if max_context is None else max_context - p
         hashes = tuple(rows.hash_ids[i][: math.ceil(p / block)]) if rows.hash_ids is not None else ()
         src = rows.source[i] if rows.source is not None and name in _MIXES else name
         specs.append(
@@ -348,10 +380,11 @@ def load_workload(
                 arrival_s=float(arrivals[i]),
                 prompt_len=p,
                 output_len=o,
-                max_new_tokens=visible_cap(o, room, max_new_tokens, scale),
+                max_new_tokens=o if cap == ORACLE_CAP else client_cap(p, cap, max_context),
                 prefix_hash_ids=hashes,
                 prompt_text=text,
                 prefix_block_tokens=block if hashes else 0,
+                source=rows.source[i] if rows.source is not None else name,
             )
         )
     if len({s.rid for s in specs}) < len(specs):  # a sample with replacement repeats rows: keep rids unique

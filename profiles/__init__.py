@@ -2,7 +2,10 @@
 
 Two kinds: GPU profiles derived from FLOPs and bytes (``<gpu>-<model>``, profiles/gpu.py), and fitted
 profiles stored as JSON under data/profiles/ (``cpu-tiny``, and GPU calibrations once measured). Both carry an
-:class:`IterationLatencyModel` and the KV pool size (tokens) the simulator defaults to.
+:class:`IterationLatencyModel` and the KV pool size (tokens) the simulator defaults to. GPU profiles also carry what
+SGLang 0.5.23 decides for that device and model (profiles/sizing.py): its default ``--chunked-prefill-size``, the
+``mem_fraction_static`` it computes, and the model's context length; :func:`kv_capacity_at` gives the pool at another
+chunk (the activation reserve grows with the chunk).
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ class Profile:
     device: str
     source: str
     date: str = ""
+    chunked_prefill_size: int | None = None  # SGLang's device-default chunk (None: not a GPU profile)
+    context_len: int | None = None  # the served model's context length (prompt + output), None = unbounded
+    mem_fraction_static: float | None = None  # what SGLang computes for this device, model and chunk
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def iteration_s(self, shape: BatchShape) -> float:
@@ -54,6 +60,8 @@ def load_json(path: Path) -> Profile:
         device=d["device"],
         source=d["source"],
         date=d.get("date", ""),
+        chunked_prefill_size=d.get("chunked_prefill_size"),
+        context_len=d.get("context_len"),
         extra={k: v for k, v in d.items() if k not in {"name", "model", "kv_capacity_tokens", "device", "source"}},
     )
 
@@ -76,3 +84,11 @@ def get(name: str) -> Profile:
     if name in gpu_profile_names():
         return Profile(**derive(name))
     raise ValueError(f"unknown latency profile {name!r}; valid: {', '.join(available())}")
+
+
+def kv_capacity_at(name: str, chunk: int) -> int:
+    """KV pool (tokens) SGLang would allocate for profile ``name`` run with ``--chunked-prefill-size chunk``; a
+    fitted (JSON) profile keeps its stored pool."""
+    if name in gpu_profile_names() and name not in _json_profiles():
+        return int(derive(name, chunk)["kv_capacity_tokens"])
+    return get(name).kv_capacity_tokens

@@ -2,6 +2,9 @@
 
 ``python -m profiles --bench``: cost of the per-iteration chunk-sizing call (A1 budget: <= 50 us) and of one
 online refit over a full window.
+
+``python -m profiles --sizing [NAME ...]``: what SGLang 0.5.23 decides per GPU profile (profiles/sizing.py): its
+device-default chunk, ``mem_fraction_static``, the KV pool and the model's context length (markdown).
 """
 
 from __future__ import annotations
@@ -39,6 +42,18 @@ def main(names: list[str]) -> None:
         )
 
 
+def sizing(names: list[str]) -> None:
+    names = names or [n for n in profiles.available() if profiles.get(n).chunked_prefill_size]
+    print("| profile | chunk (device default) | mem_fraction_static | KV pool tokens | context |")
+    print("|---|---|---|---|---|")
+    for name in names:
+        p = profiles.get(name)
+        print(
+            f"| {name} | {p.chunked_prefill_size} | {p.mem_fraction_static} | {p.kv_capacity_tokens:,} | "
+            f"{p.context_len} |"
+        )
+
+
 def bench() -> None:
     model = profiles.get("h100-llama3-8b").latency
     decodes = list(range(512, 768))  # 256 running requests
@@ -59,5 +74,7 @@ def bench() -> None:
 if __name__ == "__main__":
     if "--bench" in sys.argv:
         bench()
+    elif "--sizing" in sys.argv:
+        sizing([a for a in sys.argv[1:] if a != "--sizing"])
     else:
         main(sys.argv[1:])

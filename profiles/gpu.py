@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from policies.latency import IterationLatencyModel
 
+from .sizing import sglang_sizing
 from .specs import EFFICIENCY, GPUS, MODELS, Efficiency, GPUSpec, ModelSpec
 
 
@@ -42,26 +43,30 @@ def derive_model(gpu: GPUSpec, model: ModelSpec, eff: Efficiency) -> IterationLa
     )
 
 
-def kv_capacity_tokens(gpu: GPUSpec, model: ModelSpec, eff: Efficiency) -> int:
-    """KV pool in tokens as SGLang 0.5.23 sizes it on one GPU: (memory - activation/graph reserve) holds the
-    weights and the pool (``mem_fraction_static`` = (memory - reserve) / memory, memory_hook.py)."""
-    free = (gpu.memory_mib - eff.reserved_mib) * 2**20 - model.weight_bytes_resident
-    return max(int(free // model.kv_bytes_per_token), 0)
+def profile_names() -> dict[str, tuple[str, str]]:
+    """``<gpu>-<model>`` for every GPU and model of profiles/specs.py: ``{name: (gpu key, model key)}``."""
+    return {f"{g}-{m}": (g, m) for g in GPUS for m in MODELS}
 
 
 def gpu_profile_names() -> list[str]:
-    return [f"{g}-{m}" for g in GPUS for m in MODELS]
+    return list(profile_names())
 
 
-def derive(name: str) -> dict:
-    """Keyword arguments of a :class:`profiles.Profile` for ``<gpu>-<model>``."""
-    g, m = name.split("-", 1)
+def derive(name: str, chunk: int | None = None) -> dict:
+    """Keyword arguments of a :class:`profiles.Profile` for ``<gpu>-<model>``: the roofline latency model and
+    SGLang's own sizing (profiles/sizing.py) at its device-default chunk, or at ``chunk``."""
+    g, m = profile_names()[name]
     gpu, model, eff = GPUS[g], MODELS[m], EFFICIENCY[g]
+    sz = sglang_sizing(gpu, model, chunk)
     return {
         "name": name,
         "latency": derive_model(gpu, model, eff),
-        "kv_capacity_tokens": kv_capacity_tokens(gpu, model, eff),
+        "kv_capacity_tokens": sz.kv_pool_tokens,
         "device": gpu.name,
-        "source": f"derived (roofline): {gpu.source}; {model.source}; efficiency {eff}",
+        "source": f"derived (roofline): {gpu.source}; {model.source}; efficiency {eff}; KV pool as SGLang 0.5.23 "
+        f"sizes it (profiles/sizing.py: mem_fraction_static {sz.mem_fraction_static}, chunk {sz.chunked_prefill_size})",
         "date": "",
+        "chunked_prefill_size": sz.chunked_prefill_size,
+        "context_len": model.context_len,
+        "mem_fraction_static": sz.mem_fraction_static,
     }

@@ -23,6 +23,8 @@ class ModelSpec:
     kv_heads: int
     intermediate: int
     vocab: int
+    context_len: int  # tokens (prompt + output) the server accepts: max_position_embeddings or --context-length
+    repo: str = ""  # Hugging Face repo id: SGLang caps prefill CUDA-graph sizes at 4096 when it contains "llama-2"
     gated_mlp: bool = True
     tied_embeddings: bool = False
     bytes_per_param: int = 2  # BF16/FP16 serving
@@ -78,7 +80,8 @@ class GPUSpec:
 
 @dataclass(frozen=True)
 class Efficiency:
-    """Achieved fractions of peak and CPU-side overheads (assumptions; see docs/latency-profiles.md)."""
+    """Achieved fractions of peak and CPU-side overheads (assumptions; see docs/latency-profiles.md). The KV pool is
+    not here: profiles/sizing.py computes it as SGLang does."""
 
     gemm_mfu: float
     attn_flops_fraction: float
@@ -87,27 +90,31 @@ class Efficiency:
     iteration_overhead_s: float = 1.5e-3
     per_sequence_overhead_s: float = 5e-6
     swap_overhead_s: float = 1e-4
-    reserved_mib: int = 10 * 1024  # SGLang 0.5.23 memory_hook.py: activation/graph reserve floor on >60 GB GPUs
 
 
 HF = "Hugging Face config.json of"
+
+
+def _hf(repo: str, note: str = "") -> str:
+    return f"{HF} {repo}" + (f" ({note})" if note else "")
+
+
 MODELS: dict[str, ModelSpec] = {
-    "llama2-7b": ModelSpec("llama2-7b", f"{HF} meta-llama/Llama-2-7b-hf", 32, 4096, 32, 32, 11008, 32000),
-    "llama2-13b": ModelSpec("llama2-13b", f"{HF} meta-llama/Llama-2-13b-hf", 40, 5120, 40, 40, 13824, 32000),
-    "llama3-8b": ModelSpec("llama3-8b", f"{HF} meta-llama/Meta-Llama-3-8B", 32, 4096, 32, 8, 14336, 128256),
-    "opt-13b": ModelSpec(
-        "opt-13b",
-        f"{HF} facebook/opt-13b (ffn_dim 20480, ReLU MLP, lm_head tied to embed_tokens)",
-        40,
-        5120,
-        40,
-        40,
-        20480,
-        50272,
-        gated_mlp=False,
-        tied_embeddings=True,
-    ),
-}
+    "llama2-7b": ModelSpec("llama2-7b", _hf("meta-llama/Llama-2-7b-hf"), 32, 4096, 32, 32, 11008, 32000, 4096,
+                           "meta-llama/Llama-2-7b-hf"),
+    "llama2-13b": ModelSpec("llama2-13b", _hf("meta-llama/Llama-2-13b-hf"), 40, 5120, 40, 40, 13824, 32000, 4096,
+                            "meta-llama/Llama-2-13b-hf"),
+    "llama3-8b": ModelSpec("llama3-8b", _hf("meta-llama/Meta-Llama-3-8B"), 32, 4096, 32, 8, 14336, 128256, 8192,
+                           "meta-llama/Meta-Llama-3-8B"),
+    # Llama-3.1-8B has Llama-3-8B's exact shape with rope scaling to max_position_embeddings 131072; served here with
+    # SGLang's --context-length 32768 (a long-output / reasoning deployment).
+    "llama3-8b-32k": ModelSpec("llama3-8b-32k", _hf("meta-llama/Llama-3.1-8B", "Llama-3-8B's shape, "
+                               "max_position_embeddings 131072; served with --context-length 32768"),
+                               32, 4096, 32, 8, 14336, 128256, 32768, "meta-llama/Llama-3.1-8B"),
+    "opt-13b": ModelSpec("opt-13b", _hf("facebook/opt-13b", "ffn_dim 20480, ReLU MLP, lm_head tied to embed_tokens"),
+                         40, 5120, 40, 40, 20480, 50272, 2048, "facebook/opt-13b", gated_mlp=False,
+                         tied_embeddings=True),
+}  # fmt: skip
 
 GPUS: dict[str, GPUSpec] = {
     "h100": GPUSpec(
@@ -132,6 +139,17 @@ GPUS: dict[str, GPUSpec] = {
         pcie_bytes_per_s=32e9,
         pcie_achieved_bytes_per_s=25e9,
     ),
+    "a100-40gb": GPUSpec(
+        "A100 SXM4 40GB",
+        "NVIDIA A100 Tensor Core GPU datasheet: 312 TFLOPS dense BF16 (624 with sparsity), 1,555 GB/s HBM2 (40GB), "
+        "PCIe Gen4 x16 (64 GB/s bidirectional)",
+        peak_flops=312e12,
+        hbm_bytes_per_s=1.555e12,
+        memory_mib=40960,
+        pcie="Gen4 x16",
+        pcie_bytes_per_s=32e9,
+        pcie_achieved_bytes_per_s=25e9,
+    ),
 }
 
 EFFICIENCY: dict[str, Efficiency] = {
@@ -141,4 +159,5 @@ EFFICIENCY: dict[str, Efficiency] = {
     # A100: FlashAttention-2 reaches up to 73% of peak forward (Dao 2023, arXiv 2307.08691), less at short
     # sequences; cuBLAS BF16 GEMMs ~75% (assumption).
     "a100": Efficiency(gemm_mfu=0.75, attn_flops_fraction=0.5, hbm_fraction=0.85, kv_read_fraction=0.7),
+    "a100-40gb": Efficiency(gemm_mfu=0.75, attn_flops_fraction=0.5, hbm_fraction=0.85, kv_read_fraction=0.7),
 }

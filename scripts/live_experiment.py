@@ -24,6 +24,10 @@ pool 32768 tokens, real lengths, context 4096, SLO classes ``default`` relative 
 profile (which the extension side also gets as ``--ext-latency-profile``). Extra server flags: ``--server-args``
 (both sides); extra extension flags: ``--ext-args`` (e.g. ``"--ext-predictor-mode online"``).
 
+Every side records the 1-minute load average before and after it and warns when it exceeds 1.0 per core;
+``--repeats K`` runs the pair K times (side order alternating), each repeat under ``OUT/repeat-<i>/``, and reports
+median [min-max] per metric in the table and ``range`` / ``repeats`` in ``comparison.json`` (eval.live_repeats).
+
 Writes ``OUT/stock.json`` and ``OUT/<policy>.json`` (eval.metrics summary schema plus run diagnostics),
 ``OUT/requests_<side>.jsonl`` (per-request records), ``OUT/comparison.json``, ``OUT/comparison.md`` (the table
 printed at the end) and ``OUT/comparison.png``. Unattended and bounded: each server must be healthy within
@@ -69,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ext-args", default="", help="more --ext-* flags for the extension side")
     ap.add_argument("--server-args", default="", help="more server flags for both sides")
     ap.add_argument("--timeout", type=float, default=240.0, help="server start-up and per-request limit, seconds")
+    ap.add_argument("--repeats", type=int, default=1, help="run the pair K times: median [min-max] per metric")
     ap.add_argument("--ci", action="store_true", help="reduced CPU form for CI: 24 requests at 4 req/s")
     ap.add_argument("--out", default=None, help="output directory (default runs/live-<device>-<model>-<policy>)")
     return ap
@@ -84,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_requests < 1 or args.rate <= 0:
         print("error: --num-requests must be >= 1 and --rate > 0", file=sys.stderr)
         return 2
+    if args.repeats < 1:
+        print("error: --repeats must be >= 1", file=sys.stderr)
+        return 2
     out = Path(args.out) if args.out else ROOT / "runs" / f"live-{args.device}-{args.model}-{args.policy}"
     t0 = time.monotonic()
     try:
@@ -92,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                             scale=args.scale, max_context=args.max_context, slo=args.slo, seed=args.seed,
                             ext_args=tuple(shlex.split(args.ext_args)),
                             server_extra=tuple(shlex.split(args.server_args)), out=out,
-                            timeout_s=args.timeout)  # fmt: skip
+                            timeout_s=args.timeout, repeats=args.repeats)  # fmt: skip
     except ServerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -101,12 +109,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     label = f"+ext {args.policy}"
     title = live.title(doc["config"])
-    md = demo.table(doc["stock"], doc["ext"], label)
+    md = demo.table(doc["stock"], doc["ext"], label, doc["range"])
     (out / "comparison.md").write_text(f"{title}\n\n{md}\n")
     demo.plot(doc["stock"], doc["ext"], label, out / "comparison.png", title)
     print(f"\n{title}\n\n{md}\n")
     print(f"[live] wrote {out}/comparison.{{json,md,png}} in {time.monotonic() - t0:.0f} s")
-    print(json.dumps({"stock_failed": doc["stock"]["failed"], "ext_failed": doc["ext"]["failed"]}))
+    warnings = [s.get("load_warning") for s in (doc["stock"], doc["ext"]) if s.get("load_warning")]
+    for w in warnings:
+        print(f"[live] {w}", file=sys.stderr)
+    print(json.dumps({"stock_failed": doc["stock"]["failed"], "ext_failed": doc["ext"]["failed"],
+                      "repeats": args.repeats, "load_warnings": len(warnings)}))  # fmt: skip
     return 0
 
 

@@ -12,9 +12,9 @@ import pytest
 from eval import reproduce
 from eval.figures import Settings, all_figures
 from eval.figures import cells as C
-from eval.figures.report import render
+from eval.figures.report import render, report_fingerprint
 
-TINY = C.sim_cell("sglang", "h100-llama2-13b", "azure-conv", 2.0, n=20, slo="default")
+TINY = C.sim_cell("sglang", "h100-llama2-13b", "azure-conv", 2.0, n=20, slo="default", max_context=4096)
 
 
 @pytest.fixture
@@ -80,11 +80,12 @@ def test_only_selects_one_figure() -> None:
 
 
 def _tiny_settings() -> Settings:
-    return replace(Settings.for_mode(True), co_loads=(0.1, 0.5), co_n=50, co_bisect_steps=1)
+    return replace(Settings.for_mode(True), loads=(0.5, 1.3), num_requests=30)
 
 
 def test_tiny_reproduce_runs_only_the_selected_figures(tmp_path: Path) -> None:
-    """A real (stub-free) run: one profile, one workload, two rates, 50 requests; twice, the second from cache."""
+    """A real (stub-free) run through the compare engine: one scenario, two rates, 30 requests; twice, the second
+    from cache."""
     only = ["tail_latency_vs_rate,max_sustainable_rate"]
     kw = {"only": only, "cache_dir": tmp_path / "cells", "jobs": 1, "live": False, "progress": False}
     rec = reproduce.run(_tiny_settings(), tmp_path / "out", **kw)
@@ -94,10 +95,16 @@ def test_tiny_reproduce_runs_only_the_selected_figures(tmp_path: Path) -> None:
     assert (out / "tail_latency_vs_rate.png").stat().st_size > 1000
     assert rec["cells_computed"] > 0
     data = json.loads((out / "max_sustainable_rate.json").read_text())
-    for pol, m in data["runs"]["h100-llama2-13b/azure-conv"].items():
-        assert m["max_rate"] >= 0, pol
+    key = "sharegpt-a100-40gb-13b/absolute"
+    assert {"sglang", "cacheopt", "vllm", "sarathi"} <= set(data["runs"][key])
+    for pol, m in data["runs"][key].items():
+        assert m["max_rate"] is None or m["max_rate"] > 0, pol
+    tail = json.loads((out / "tail_latency_vs_rate.json").read_text())
+    assert tail["runs"][key]["policies"]["cacheopt"]["slo_attainment_ci"]  # intervals travel with the means
+    assert tail["claims"]["absolute"]["cacheopt"]["matched_sglang"]["ttft_p99_x"]["baseline"] == "sglang"
     report = (out / "REPORT.md").read_text()
-    assert "## Headline claims" in report and "not selected (--only)" in report
+    assert "## Headline claims: SLO setting `absolute`" in report and "not selected (--only)" in report
+    assert report_fingerprint(report) == (rec["fingerprint"], rec["commit"])
     rec2 = reproduce.run(_tiny_settings(), out, **kw)
     assert rec2["cells_computed"] == 0 and rec2["cells_cached"] > 0
     assert json.loads((out / "max_sustainable_rate.json").read_text()) == data
@@ -110,20 +117,24 @@ def _fake_run(out: Path, names: list[str]) -> dict:
 
 
 def test_report_rows_come_from_the_json(tmp_path: Path) -> None:
-    """The same report code renders different numbers when the figure JSON changes: nothing is typed in."""
+    """The same report code renders different numbers when the figure JSON changes: nothing is typed in; a tie is
+    written as a tie."""
     figs = {n: f for n, f in all_figures().items() if n == "max_sustainable_rate"}
 
-    def write(ratio: float, max_rate: float) -> str:
-        m = {p: {"max_rate": max_rate * r, "first_failing_rate": None, "bounded": True}
-             for p, r in (("sglang", 1.0), ("cacheopt", ratio), ("cacheopt-mixed", 1.0))}  # fmt: skip
-        data = {"attainment": 0.9, "runs": {"prof/wl": m},
-                "ratio_vs_sglang": {"prof/wl": {"sglang": 1.0, "cacheopt": ratio, "cacheopt-mixed": 1.0}}}  # fmt: skip
+    def write(ratio: float, family: float) -> str:
+        key = "sc/absolute"
+        m = {p: {"max_rate": 3.0 * r, "first_miss": None, "bounded": True}
+             for p, r in (("sglang", 1.0), ("cacheopt", ratio), ("vllm", 1.0))}  # fmt: skip
+        data = {"attainment": 0.9, "runs": {key: m}, "ratio_vs_matched": {key: {"cacheopt": ratio}},
+                "ratio_vs_family": {key: {"cacheopt": {"vllm": family}}}}  # fmt: skip
         (tmp_path / "max_sustainable_rate.json").write_text(json.dumps(data))
         return render(tmp_path, tmp_path / "REPORT.md", figs, _fake_run(tmp_path, list(figs)))
 
-    a = write(1.8765, 3.0)
-    assert "| 1.88x |" in a and "5.63 vs 3.00 req/s" in a and "| met |" in a
-    b = write(1.2345, 2.0)
-    assert "| 1.23x |" in b and "2.47 vs 2.00 req/s" in b and "missed (73% of it)" in b
-    assert "1.88x" not in b
-    assert "| CacheOPT (cacheopt) | up to x lower tail TBT (pooled p99) | 3.29x | - | not run |" in b
+    a = write(1.8765, 1.2)
+    assert "1.88x (sc/absolute)" in a and "| met |" in a and "missed (76% of it)" in a
+    b = write(1.2345, 1.005)
+    assert "1.23x (sc/absolute)" in b and "missed (78% of it)" in b and "1.88x" not in b
+    assert "tie (no difference at the best point)" in b  # 1.005x against the family is a tie, not a win
+    c = write(0.8, 0.9)
+    assert "worse than the baseline" in c
+    assert "| CacheOPT (cacheopt) | up to x lower tail TBT (pooled p99) | 3.29x | - (not run)" in c

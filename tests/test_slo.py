@@ -98,3 +98,31 @@ def test_bad_specs_fail_with_one_line(text: str, problem: str) -> None:
     with pytest.raises(SLOSpecError, match=problem) as info:
         parse_slo(text)
     assert "\n" not in str(info.value)
+
+
+def test_per_application_classes() -> None:
+    spec = parse_slo("app:alpaca=5x:2x,arxiv=6000:175", MODEL)
+    assert spec is not None and spec.by_source
+    specs = load_workload("mixed-chat-long", num_requests=200, rate=2.0, seed=3, slo=spec, max_context=8192)
+    for s in specs:
+        assert s.slo_class == s.source
+        if s.source == "arxiv":
+            assert (s.ttft_slo_ms, s.tbt_slo_ms) == (6000.0, 175.0)
+        else:
+            assert s.tbt_slo_ms == pytest.approx(2 * isolated_tbt_s(MODEL, s.prompt_len, s.output_len) * 1e3)
+    any_other = parse_slo("app:alpaca=500:30,*=2000:100")
+    assert any_other is not None
+    out = any_other.assign(_specs(3), np.random.default_rng(0))  # azure-conv: caught by "*"
+    assert {(s.slo_class, s.tbt_slo_ms) for s in out} == {("*", 100.0)}
+    with pytest.raises(SLOSpecError, match="no class for source 'azure-conv'"):
+        parse_slo("app:alpaca=500:30").assign(_specs(2), np.random.default_rng(0))  # type: ignore[union-attr]
+    with pytest.raises(SLOSpecError, match="expected SOURCE=TTFT:TBT"):
+        parse_slo("app:alpaca=500")
+
+
+def test_production_settings_carry_their_source() -> None:
+    from eval.slo import PRODUCTION
+
+    assert PRODUCTION["chat"].ttft_ms == 2000 and PRODUCTION["chat"].tbt_ms == 100
+    assert PRODUCTION["reasoning"].tbt_ms == 80 and PRODUCTION["long-context"].ttft_ms == 6000
+    assert all("inference_rules.adoc" in p.source for p in PRODUCTION.values())

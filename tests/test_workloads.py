@@ -1,4 +1,5 @@
-"""Workload loading (eval.workloads): every shipped name, seeding, scaling, caps, clipping, bad names and files."""
+"""Workload loading (eval.workloads): every shipped name, seeding, scaling, caps (eval.caps) and the leak property,
+context fitting, prompt filter, output scaling, sources, bad names and files."""
 
 from __future__ import annotations
 
@@ -9,22 +10,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from eval.caps import client_cap
 from eval.workloads import (
     DATA_DIR,
+    MAX_PROMPT_SHARE,
     WorkloadError,
-    _clip,
     available_workloads,
+    fit_context,
     load_workload,
     mistral_tokenizer,
-    visible_cap,
 )
 
 TRACES = {"azure-conv", "azure-code", "mooncake", "mixed-code-conv"}
 NAMES = {"azure-conv", "azure-code", "mooncake", "sharegpt", "arxiv", "alpaca", "mixed-code-conv",
-         "mixed-arxiv-sharegpt"}  # fmt: skip
+         "mixed-arxiv-sharegpt", "mixed-chat-long"}  # fmt: skip
 
 
 def test_available_names() -> None:
@@ -41,8 +43,9 @@ def test_each_workload_is_well_formed(name: str) -> None:
     assert arrivals[0] == 0.0 and (np.diff(arrivals) >= 0).all()
     for s in specs:
         assert s.prompt_len >= 1 and s.output_len >= 1
-        assert s.prompt_len + s.output_len <= 1024
-        assert s.output_len <= s.max_new_tokens <= 1024 - s.prompt_len
+        assert s.prompt_len <= 1024 * MAX_PROMPT_SHARE and s.prompt_len + s.output_len <= 1024 - 2
+        assert s.max_new_tokens == 1024 - s.prompt_len - 2  # no client cap: SGLang fills in the context room
+        assert s.source
     if name == "alpaca":
         assert all(s.prompt_text for s in specs)
     if name == "mooncake":
@@ -87,14 +90,18 @@ def test_alpaca_text_is_not_scaled_but_truncated_to_fit() -> None:
     sp = mistral_tokenizer()
     assert all(x.prompt_len == len(sp.encode(x.prompt_text)) for x in s)
     tight = load_workload("alpaca", num_requests=200, rate=1.0, seed=1, max_context=64)
-    cut = [x for x in tight if x.prompt_len == 32]  # prompts longer than the context's half were cut
-    assert cut and all(abs(len(sp.encode(x.prompt_text)) - 32) <= 2 for x in cut)
+    cut = [x for x in tight if x.prompt_len == 48]  # prompts longer than 3/4 of the context were cut
+    assert cut and all(abs(len(sp.encode(x.prompt_text)) - 48) <= 2 for x in cut)
 
 
 def test_mixes_contain_both_sources() -> None:
     code_conv = load_workload("mixed-code-conv", num_requests=300)
     kinds = {s.rid.rsplit("-", 1)[0] for s in code_conv}
-    assert kinds == {"azure-code", "azure-conv"}
+    assert kinds == {"azure-code", "azure-conv"} == {s.source for s in code_conv}
+    chat = load_workload("mixed-chat-long", num_requests=400, rate=2.0, long_share=0.3, seed=2, max_context=8192)
+    by = {src: [s for s in chat if s.source == src] for src in ("alpaca", "arxiv")}
+    assert len(by["arxiv"]) == 120 and len(by["alpaca"]) == 280
+    assert np.median([s.prompt_len for s in by["alpaca"]]) < 60 < 1000 < np.median([s.prompt_len for s in by["arxiv"]])
     arxiv = load_workload("mixed-arxiv-sharegpt", num_requests=200, rate=2.0, long_share=0.25, seed=5)
     assert sum(s.rid.startswith("arxiv") for s in arxiv) == 50
     with pytest.raises(WorkloadError, match="long_share"):
@@ -128,25 +135,82 @@ def test_scale_divides_lengths() -> None:
         assert h.output_len == max(1, round(f.output_len / 2))
 
 
-def test_cap_policies() -> None:
-    auto = load_workload("azure-conv", num_requests=20)
-    assert all(s.max_new_tokens == max(2 * s.output_len, 512) for s in auto)
-    exact = load_workload("azure-conv", num_requests=20, max_new_tokens="exact")
+def test_cap_settings() -> None:
+    fixed = load_workload("azure-conv", num_requests=20, max_new_tokens=100)
+    assert all(s.max_new_tokens == 100 for s in fixed)  # exactly the client's cap, even below the true length
+    assert any(s.output_len > 100 for s in fixed)
+    room = load_workload("azure-conv", num_requests=20, max_context=4096, max_new_tokens="context")
+    assert all(s.max_new_tokens == 4096 - s.prompt_len - 2 for s in room)
+    assert load_workload("azure-conv", num_requests=20, max_context=4096) == room  # the default with a context
+    assert all(s.max_new_tokens == 4096 for s in load_workload("azure-conv", num_requests=5))  # without one
+    exact = load_workload("azure-conv", num_requests=20, max_new_tokens="exact")  # the labelled oracle cap
     assert all(s.max_new_tokens == s.output_len for s in exact)
-    const = load_workload("azure-conv", num_requests=20, max_new_tokens=100)
-    assert all(s.max_new_tokens == max(100, s.output_len) for s in const)
     with pytest.raises(WorkloadError, match="max_new_tokens"):
         load_workload("azure-conv", num_requests=2, max_new_tokens="huge")
+    with pytest.raises(WorkloadError, match=r"'context'.*needs max_context"):
+        load_workload("azure-conv", num_requests=2, max_new_tokens="context")
+    with pytest.raises(WorkloadError, match="max_new_tokens"):
+        load_workload("azure-conv", num_requests=2, max_new_tokens="auto")  # the leaking cap is gone
 
 
-@given(st.integers(1, 20000), st.integers(1, 5000), st.integers(2, 8192), st.sampled_from(["auto", "exact", 64]))
-def test_clip_and_cap_fit_the_context(p: int, o: int, ctx: int, policy: int | str) -> None:
-    p2, o2 = _clip(p, o, ctx)
-    assert 1 <= p2 <= p and 1 <= o2 <= o and p2 + o2 <= ctx
-    if p + o <= ctx:
-        assert (p2, o2) == (p, o)
-    cap = visible_cap(o2, ctx - p2, policy, 1.0)
-    assert o2 <= cap <= ctx - p2
+def _scaled_outputs(src: Path, dst: Path, factors: list[float]) -> None:
+    """A copy of the ShareGPT length file with every output length multiplied by a factor (cycled)."""
+    import csv
+
+    rows = list(csv.DictReader(src.open()))
+    with dst.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for i, r in enumerate(rows):
+            r["num_decode_tokens"] = str(max(1, round(float(r["num_decode_tokens"]) * factors[i % len(factors)])))
+            w.writerow(r)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    factors=st.lists(st.floats(0.05, 40.0), min_size=1, max_size=5),
+    cap=st.sampled_from([None, "context", 512, 2048, 4096]),
+    ctx=st.sampled_from([None, 2048, 4096, 32768]),
+)
+def test_caps_never_read_the_true_length(tmp_path_factory: pytest.TempPathFactory, factors: list[float],
+                                         cap: int | str | None, ctx: int | None) -> None:  # fmt: skip
+    """The leak property: the same requests with other true output lengths get exactly the same caps (and
+    prompts), for every cap setting and context."""
+    if cap == "context" and ctx is None:
+        return
+    data = tmp_path_factory.mktemp("data")
+    (data / "lengths").mkdir()
+    _scaled_outputs(DATA_DIR / "lengths/sharegpt8k_llama2_stats.csv", data / "lengths/sharegpt8k_llama2_stats.csv",
+                    factors)  # fmt: skip
+    kw = {"num_requests": 200, "rate": 2.0, "seed": 3, "max_context": ctx, "max_new_tokens": cap}
+    real = load_workload("sharegpt", **kw)
+    other = load_workload("sharegpt", data_dir=data, **kw)
+    if any(abs(f - 1.0) > 0.05 for f in factors):
+        assert [s.output_len for s in real] != [s.output_len for s in other]
+    assert [(s.prompt_len, s.max_new_tokens) for s in real] == [(s.prompt_len, s.max_new_tokens) for s in other]
+
+
+@given(st.integers(1, 20000), st.integers(1, 5000), st.integers(8, 32768), st.sampled_from(["context", 64, 4096]))
+def test_context_fit_and_cap(p: int, o: int, ctx: int, cap: int | str) -> None:
+    p2, o2 = fit_context(p, o, ctx)
+    assert 1 <= p2 <= min(p, int(ctx * MAX_PROMPT_SHARE)) and 1 <= o2 <= o
+    assert p2 == fit_context(p, 1, ctx)[0]  # the prompt's cut never depends on the output
+    assert p2 + o2 <= ctx - 2 or o2 == 1
+    c = client_cap(p2, cap, ctx)
+    assert c == (max(1, ctx - p2 - 2) if cap == "context" else cap)
+
+
+def test_prompt_filter_and_output_scale() -> None:
+    short = load_workload("sharegpt", num_requests=300, rate=2.0, seed=4, max_prompt=1024)
+    assert max(s.prompt_len for s in short) <= 1024
+    base = load_workload("azure-conv", num_requests=200, rate=1.0, seed=4, max_context=32768)
+    long = load_workload("azure-conv", num_requests=200, rate=1.0, seed=4, max_context=32768, output_scale=28.0)
+    assert [s.prompt_len for s in base] == [s.prompt_len for s in long]
+    assert [s.max_new_tokens for s in base] == [s.max_new_tokens for s in long]  # the cap knows nothing of it
+    for b, lo in zip(base, long, strict=True):
+        assert lo.output_len == min(round(b.output_len * 28), 32768 - b.prompt_len - 2)
+    with pytest.raises(WorkloadError, match="max_prompt: no row"):
+        load_workload("mooncake", num_requests=5, rate=1.0, max_prompt=500)
 
 
 def test_bad_arguments() -> None:

@@ -1,191 +1,144 @@
-"""AccelGen figures (A1-A4) and the combined mode: throughput, goodput, per-class attainment and latency vs rate
-and vs fixed chunk size, the Oracle gap, and ``cacheopt+accelgen`` beside each paper's system.
+"""AccelGen figures (A1-A4) from ``eval.compare`` runs of the mixed-prompt scenarios: goodput, per-class attainment
+and latency vs rate, fixed chunk sizes against AccelGen's dynamic budget, and the gap to the Oracle.
 
-The setup is eval.accelgen_eval's (its SLO classes, policy set, capacity measure and exact small-instance Oracle
-check are imported, not copied): mixed long/short prompts from real data, three TBT classes, policies ``sglang``,
-``vllm``, ``sarathi`` at fixed token budgets, ``accelgen``, ``cacheopt+accelgen`` and ``oracle``. Here every run is
-a cached cell, so the sweep resumes and is shared between the figures.
+Setup: the run's AccelGen scenarios (eval.scenarios: Azure code + conversation with SLOs per application, and a
+tight-TBT short chat beside long-prompt summarisation), SGLang's device-default chunk. AccelGen is mixed, so its
+matched baseline is ``sglang-mixed``; the claims are restated against ``sglang-tuned`` (SGLang + mixed chunk at its
+best chunk per rate, with or without priority scheduling by class: what a user who tunes SGLang runs), against the
+untuned ``sglang`` default (the paper's framing) and against the best fixed-chunk ``sarathi`` (the paper's family).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from eval import accelgen_eval as AE
-from eval.figures import Context, cacheopt_figs, figure
+from eval.figures import Context, figure
 from eval.figures import plots as P
-from eval.figures.cells import BURST, predictor_for, register_runner, sim_cell
+from eval.figures import sweeps as W
+from eval.variants import Variant
 
-PAGE = AE.PAGE
-
-
-def ag_cell(ctx: Context, name: str, prof: str, wl: str, rate: float | str, options: dict | None = None,
-            predictor: bool = False) -> dict[str, Any]:  # fmt: skip
-    return sim_cell(name, prof, wl, rate, n=ctx.settings.ag_n, seed=1 if rate == BURST else 0, slo=AE.SLO_SPEC,
-                    page_size=PAGE, options=options, predictor=predictor_for() if predictor else None)  # fmt: skip
+BASES = {"tuned": "sglang-tuned", "matched": "sglang-mixed", "untuned default": "sglang", "family": "sarathi"}
+OURS = ("accelgen", "cacheopt+accelgen")
+ANCHOR = "sglang-mixed"  # AccelGen is mixed: its grid is anchored on its matched baseline's capacity
 
 
-def capacity(ctx: Context, prof: str, wl: str) -> float:
-    r = ctx.runner.one(ag_cell(ctx, "sarathi", prof, wl, BURST, {"token_budget": 2048}), f"capacity {prof}")
-    return r["summary"]["completed"] / r["summary"]["duration_s"]
-
-
-def _tiny(params: dict[str, Any]) -> dict[str, Any]:
-    import profiles
-    from eval.slo import parse_slo
-
-    prof = profiles.get(params["profile"])
-    return AE.tiny_oracle_check(prof, params["workload"], parse_slo(params["slo"], prof), params["seeds"],
-                                params["size"], params["rate"])  # fmt: skip
-
-
-register_runner("tiny_oracle", _tiny)
-
-
-def sweep(ctx: Context) -> dict[str, Any]:
-    """eval.accelgen_eval's ``results["runs"]`` shape, one cached cell per policy and rate."""
+def ag_runs(ctx: Context) -> dict[str, dict[str, Any]]:
     s = ctx.settings
-    ks = [(p, w) for p in s.ag_profiles for w in s.ag_workloads]
-    caps = {k: capacity(ctx, *k) for k in ks}
-    pols = AE.policy_set(s.quick)
-    plan = [(k, round(caps[k] * x, 3), lab, name, opts) for k in ks for x in s.ag_loads for lab, name, opts in pols]
-    res = ctx.runner.run([ag_cell(ctx, name, *k, rate, opts) for k, rate, _l, name, opts in plan], "accelgen sweep")
-    runs: dict[str, Any] = {}
-    for (k, rate, lab, _n, _o), r in zip(plan, res, strict=True):
-        e = runs.setdefault("/".join(k), {"capacity_rps": caps[k], "rates": [], "policies": {}})
-        if rate not in e["rates"]:
-            e["rates"].append(rate)
-        e["policies"].setdefault(lab, []).append(r)
-    return runs
+    return {sc: W.compare(ctx, sc, s.ag_variants, desc=f"accelgen {sc}", anchor=ANCHOR) for sc in s.ag_scenarios}
 
 
-def _best_sarathi(e: dict[str, Any], i: int) -> tuple[str, dict[str, Any]]:
-    sar = [k for k in e["policies"] if k.startswith("sarathi-")]
-    lab = max(sar, key=lambda k: e["policies"][k][i]["summary"]["goodput_rps"])
-    return lab, e["policies"][lab][i]
+def _claims(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per scenario/setting and rate: accelgen against each baseline of :data:`BASES` (ratios of means)."""
+    out: dict[str, Any] = {}
+    for name, doc in runs.items():
+        for setting, sec in doc.get("slo", {}).items():
+            key = f"{name}/{setting}"
+            res = sec["results"]
+            if "accelgen" not in res:
+                continue
+            rows = []
+            for i, rate in enumerate(doc["rates"]):
+                ag = res["accelgen"][i]
+                row: dict[str, Any] = {"rate": rate}
+                for who, b in BASES.items():
+                    if b not in res:
+                        continue
+                    be = res[b][i]
+                    x = sec["comparisons"]["accelgen"][b]["per_rate"][i]
+                    row[who] = {"baseline": b, "throughput_x": x["throughput_x"], "goodput_x": x["goodput_x"],
+                                "slo_points": x["slo_points"], "slo_verdict": x["slo_verdict"],
+                                "latency_mean_x": _ratio(be["e2e_mean_ms"]["mean"], ag["e2e_mean_ms"]["mean"]),
+                                "tuned_choice": be.get("tuned_choice")}  # fmt: skip
+                rows.append(row)
+            mr = sec["max_rate_90"]
+            out[key] = {"per_rate": rows, "max_rate_x": {who: sec["comparisons"]["accelgen"][b].get("max_rate_x")
+                                                         for who, b in BASES.items() if b in res},
+                        "max_rate_90": mr}  # fmt: skip
+    return out
+
+
+def _pick(m: dict[str, Any], name: str, i: int) -> dict[str, Any]:
+    return {f: m[name][f][i] for f in ("goodput_rps", "slo_attainment", "e2e_mean_ms")}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def claims(runs: dict[str, Any]) -> dict[str, Any]:
-    """Per key and rate: accelgen vs the best fixed-chunk Sarathi setting at that rate (by goodput)."""
-    out: dict[str, Any] = {}
-    for key, e in runs.items():
-        rows = []
-        for i, rate in enumerate(e["rates"]):
-            lab, sar = _best_sarathi(e, i)
-            ag, s = e["policies"]["accelgen"][i], sar["summary"]
-            a = ag["summary"]
-            rows.append({"rate": rate, "best_sarathi": lab,
-                         "throughput_x": _ratio(a["throughput_tok_s"], s["throughput_tok_s"]),
-                         "goodput_x": _ratio(a["goodput_rps"], s["goodput_rps"]),
-                         "slo_points": 100 * (a["slo_attainment"] - s["slo_attainment"]),
-                         "latency_mean_x": _ratio(sar["e2e_mean_ms"], ag["e2e_mean_ms"]),
-                         "latency_p99_x": _ratio(s["e2e_p99_ms"], a["e2e_p99_ms"])})  # fmt: skip
-        out[key] = rows
-    return out
+@figure(
+    "accelgen_vs_rate",
+    "AccelGen vs tuned SGLang, stock SGLang and fixed-chunk Sarathi: goodput, attainment per class and latency vs rate",
+    P.accelgen_grid,
+)
+def accelgen_vs_rate(ctx: Context) -> dict[str, Any]:  # fmt: skip
+    runs = ag_runs(ctx)
+    return {"runs": W.plot_runs(runs), "claims": _claims(runs), "skipped": W.skipped(runs)}
 
 
-def _per_class(r: dict[str, Any], field: str) -> dict[str, float | None]:
-    return {c: (r["by_class"].get(c) or {}).get(field) for c in ("tight", "medium", "loose")}
-
-
-def _rows(e: dict[str, Any]) -> dict[str, Any]:
-    pol = {}
-    for lab, rs in e["policies"].items():
-        pol[lab] = {f: [r["summary"][f] for r in rs] for f in ("throughput_tok_s", "goodput_rps", "slo_attainment",
-                                                               "e2e_p99_ms", "tbt_p99_ms", "preemptions")}  # fmt: skip
-        pol[lab]["e2e_mean_ms"] = [r["e2e_mean_ms"] for r in rs]
-        pol[lab]["tbt_attainment_by_class"] = [_per_class(r, "tbt_slo_attainment") for r in rs]
-        pol[lab]["slo_attainment_by_class"] = [_per_class(r, "slo_attainment") for r in rs]
-        pol[lab]["oracle_exact_share"] = [r.get("oracle_exact_share") for r in rs]
-    return {"capacity_rps": e["capacity_rps"], "rates": e["rates"], "policies": pol}
-
-
-@figure("accelgen_vs_rate", "AccelGen vs fixed-chunk baselines: throughput, goodput, per-class attainment, latency",
-        P.accelgen_grid)  # fmt: skip
-def accelgen_vs_rate(ctx: Context) -> dict[str, Any]:
-    runs = sweep(ctx)
-    return {"slo_spec": AE.SLO_SPEC, "num_requests": ctx.settings.ag_n, "runs": {k: _rows(e) for k, e in runs.items()},
-            "vs_best_sarathi": claims(runs), "targets": AE.targets({"runs": runs})}  # fmt: skip
-
-
-@figure("accelgen_vs_chunk_size", "fixed Sarathi token budgets vs AccelGen's dynamic budget, at 0.8x and 1.1x capacity",
-        P.chunk_size_lines)  # fmt: skip
-def accelgen_vs_chunk_size(ctx: Context) -> dict[str, Any]:
+@figure(
+    "accelgen_vs_chunk_size",
+    "SGLang + mixed chunk and Sarathi at fixed chunk sizes vs AccelGen's dynamic budget",
+    P.chunk_size_lines,
+)
+def accelgen_vs_chunk_size(ctx: Context) -> dict[str, Any]:  # fmt: skip
     s = ctx.settings
     out: dict[str, Any] = {}
-    for prof in s.ag_profiles:
-        wl = s.ag_workloads[0]
-        cap = capacity(ctx, prof, wl)
-        for load in (0.8, 1.1):
-            rate = round(cap * load, 3)
-            cells = [ag_cell(ctx, "sarathi", prof, wl, rate, {"token_budget": b}) for b in s.ag_chunk_sizes]
-            cells += [ag_cell(ctx, "accelgen", prof, wl, rate), ag_cell(ctx, "sglang", prof, wl, rate)]
-            res = ctx.runner.run(cells, f"chunk sizes {prof}")
-            pick = lambda r: {"goodput_rps": r["summary"]["goodput_rps"], "throughput_tok_s": r["summary"][  # noqa: E731
-                "throughput_tok_s"], "slo_attainment": r["summary"]["slo_attainment"], "e2e_mean_ms": r["e2e_mean_ms"],
-                "tight_tbt_attainment": _per_class(r, "tbt_slo_attainment")["tight"]}  # fmt: skip
-            out[f"{prof}/{wl}@{load}x"] = {"rate": rate, "chunk_sizes": list(s.ag_chunk_sizes),
-                                          "sarathi": [pick(r) for r in res[:-2]], "accelgen": pick(res[-2]),
-                                          "sglang": pick(res[-1])}  # fmt: skip
-    return {"runs": out}
+    skipped: dict[str, str] = {}
+    for sc in s.ag_scenarios:
+        fixed = [Variant(f"sarathi-c{c}", "sarathi", mixed=True, chunk=c) for c in s.ag_chunk_sizes]
+        mixed = [Variant(f"sglang-mixed-c{c}", "sglang", {"ext_sglang_mixed_chunk": True}, True, c)
+                 for c in s.ag_chunk_sizes]  # fmt: skip
+        doc = W.compare(
+            ctx, sc, ["accelgen", "sglang", *fixed, *mixed], loads=s.study_loads, desc=f"chunks {sc}", anchor=ANCHOR
+        )
+        if "skipped" in doc:
+            skipped[sc] = doc["skipped"]
+            continue
+        for setting, sec in doc["slo"].items():
+            m = W.means(sec)
+            for i, rate in enumerate(doc["rates"]):
+                row = {"rate": rate, "chunk_sizes": list(s.ag_chunk_sizes), "accelgen": _pick(m, "accelgen", i),
+                       "sglang": _pick(m, "sglang", i), "sarathi": [_pick(m, v.name, i) for v in fixed],
+                       "sglang_mixed": [_pick(m, v.name, i) for v in mixed if v.name in m]}  # fmt: skip
+                out[f"{sc}/{setting}@{rate}"] = row
+    return {"runs": out, "skipped": skipped, "unavailable_note": "sglang-mixed members run only where the sglang "
+            "baseline supports mixed chunk (eval.variants)"}  # fmt: skip
 
 
-@figure("oracle_gap", "AccelGen and cacheopt+accelgen goodput as a share of the Oracle's (A4)", P.oracle_gap)
-def oracle_gap(ctx: Context) -> dict[str, Any]:
-    runs = sweep(ctx)
+@figure(
+    "oracle_gap",
+    "AccelGen and cacheopt+accelgen goodput as a share of the Oracle's (A4), and exact small instances",
+    P.oracle_gap,
+)
+def oracle_gap(ctx: Context) -> dict[str, Any]:  # fmt: skip
     s = ctx.settings
+    runs = ag_runs(ctx)
     out: dict[str, Any] = {}
-    for key, e in runs.items():
-        prof, wl = key.split("/")
-        tiny = ctx.runner.one({"kind": "tiny_oracle", "profile": prof, "workload": wl, "slo": AE.SLO_SPEC,
-                               "seeds": s.ag_tiny_seeds, "size": 8, "rate": round(e["capacity_rps"] * 1.5, 3)},
-                              "exact Oracle instances")  # fmt: skip
-        og = [r["summary"]["goodput_rps"] for r in e["policies"]["oracle"]]
-        out[key] = {"rates": e["rates"], "oracle_goodput": og,
-                    "oracle_exact_share": [r.get("oracle_exact_share") for r in e["policies"]["oracle"]],
-                    "share": {lab: [_ratio(r["summary"]["goodput_rps"], o) for r, o in zip(e["policies"][lab], og,
-                                                                                          strict=True)]
-                              for lab in ("accelgen", "cacheopt+accelgen", "sarathi-512")},
-                    "tiny": tiny}  # fmt: skip
-    return {"runs": out}
-
-
-COMBINED = (("sglang", "sglang", {}), ("sarathi-512", "sarathi", {"token_budget": 512}), ("cacheopt", "cacheopt", {}),
-            ("accelgen", "accelgen", {}), ("cacheopt+accelgen", "cacheopt+accelgen", {}))  # fmt: skip
-
-
-@figure("combined_mode", "cacheopt+accelgen beside each paper's system on each paper's workload", P.combined_bars)
-def combined_mode(ctx: Context) -> dict[str, Any]:
-    """Two settings: CacheOPT's (KV competition, default SLO classes) at its target rate and 1.25x, and AccelGen's
-    (mixed prompts, three TBT classes) at 0.8x and 1.1x capacity. Policies with CacheOPT get the predictor."""
-    s = ctx.settings
-    out: dict[str, Any] = {}
-    co_t = cacheopt_figs.target_rate(ctx)["target"]
-    key = next(iter(co_t))
-    prof, wl = key.split("/")
-    rates = [round(co_t[key]["rate"] * x, 4) for x in (1.0, 1.25)]
-    cells = [cacheopt_figs.cell(ctx, n, prof, wl, r, options=o) for r in rates for _l, n, o in COMBINED]
-    out[f"cacheopt setting: {key}"] = _combined(ctx, cells, rates)
-    prof, wl = s.ag_profiles[0], s.ag_workloads[0]
-    cap = capacity(ctx, prof, wl)
-    rates = [round(cap * x, 3) for x in (0.8, 1.1)]
-    cells = [ag_cell(ctx, n, prof, wl, r, o, predictor="cacheopt" in n) for r in rates for _l, n, o in COMBINED]
-    out[f"accelgen setting: {prof}/{wl}"] = _combined(ctx, cells, rates)
-    return {"runs": out}
-
-
-def _combined(ctx: Context, cells: list[dict[str, Any]], rates: list[float]) -> dict[str, Any]:
-    res = ctx.runner.run(cells, "combined mode")
-    fields = ("goodput_rps", "slo_attainment", "ttft_p99_ms", "stall_p99_ms", "tbt_p99_ms", "preemptions")
-    pol: dict[str, Any] = {}
-    for i, r in enumerate(res):
-        lab = COMBINED[i % len(COMBINED)][0]
-        row = pol.setdefault(lab, {f: [] for f in (*fields, "tight_tbt_attainment")})
-        for f in fields:
-            row[f].append(r["summary"][f])
-        row["tight_tbt_attainment"].append(_per_class(r, "tbt_slo_attainment")["tight"])
-    return {"rates": rates, "policies": pol}
+    for name, doc in runs.items():
+        if "skipped" in doc or any("oracle" not in sec["results"] for sec in doc["slo"].values()):
+            continue
+        exact = Variant("oracle-exact", "oracle", mixed=True, attrs={"exact_limit": 8})
+        tiny = W.compare(
+            ctx,
+            name,
+            ["accelgen", "cacheopt+accelgen", "sarathi", exact],
+            loads=(1.5,),
+            seeds=range(100, 100 + s.ag_tiny_seeds),
+            num_requests=8,
+            desc=f"exact Oracle {name}",
+        )
+        for setting, sec in doc["slo"].items():
+            res = sec["results"]
+            og = [e["metrics"]["goodput_rps"]["mean"] for e in res["oracle"]]
+            t = tiny["slo"][setting]["results"]
+            att = {k: t[k][0]["metrics"]["slo_attainment"]["mean"] for k in t}
+            share = {lab: [_ratio(e["metrics"]["goodput_rps"]["mean"], o) for e, o in zip(res[lab], og, strict=True)]
+                     for lab in (*OURS, "sarathi") if lab in res}  # fmt: skip
+            out[f"{name}/{setting}"] = {
+                "rates": doc["rates"], "oracle_goodput": og, "share": share,
+                "oracle_exact_share": [e["oracle_exact_share"]["mean"] for e in res["oracle"]],
+                "tiny": {"instances": len(tiny["seeds"]), "size": 8, "rate": tiny["rates"][0], "attainment": att,
+                         "oracle_all_exact": (t["oracle-exact"][0]["oracle_exact_share"]["mean"] or 0) >= 1.0,
+                         "accelgen_over_oracle": _ratio(att.get("accelgen"), att.get("oracle-exact"))},
+            }  # fmt: skip
+    return {"runs": out, "skipped": W.skipped(runs)}

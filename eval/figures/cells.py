@@ -1,13 +1,14 @@
 """Cells: the unit of work of ``python -m eval.reproduce``, and the resumable cache that keeps them.
 
-A *cell* is one simulation (policy x profile x workload x rate x options) or one external measurement (a live
-server slice, a predictor evaluation). Its parameters are a JSON-able dict; its key is a SHA-256 of that dict plus
-a fingerprint of the code that computes it (policies, simulator, workloads, SLOs, metrics, profiles, predictor
-model). A finished cell is stored as ``<cache>/<key>.json`` and never recomputed while the code is unchanged; a
-code change gives new keys, so a report never mixes results of two code versions silently.
+A *cell* is one simulation or one external measurement (a live server slice, a predictor evaluation). Its
+parameters are a JSON-able dict; its key is a SHA-256 of that dict plus a fingerprint of the code that computes it
+(:data:`FINGERPRINT_PATHS`: policies, the host layer, the simulator, workloads, caps, SLOs, estimates, metrics,
+profiles, the predictor's code and model files, the scenarios, variants, stored capacities and the compare engine).
+A finished cell is stored as ``<cache>/<key>.json`` and never recomputed while the code is unchanged; a code change
+gives new keys, so a report never mixes results of two code versions silently.
 
-Simulation cells return the same shape as ``eval.accelgen_eval.simulate`` (summary in the eval.metrics schema,
-per-class summaries, mean e2e latency, iteration count, Oracle exactness) so the figure modules read one format.
+Kinds: ``compare`` (``eval.compare.cell``: one variant of one named scenario, the comparison and figure path) and
+``sim`` (a bare simulation replaying a live run's requests, for the simulator-fidelity figure).
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ import numpy as np
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[2]
-FINGERPRINT_PATHS = ("policies", "host", "eval/sim", "profiles", "eval/workloads.py", "eval/slo.py", "eval/metrics.py",
-                     "data/profiles", "predictors/bounds.py", "predictors/models", "eval/cacheopt_eval.py",
-                     "eval/accelgen_eval.py", "eval/figures/cells.py")  # fmt: skip
+FINGERPRINT_PATHS = ("policies", "host", "eval/sim", "profiles", "data/profiles", "predictors", "eval/workloads.py",
+                     "eval/caps.py", "eval/slo.py", "eval/estimates.py", "eval/metrics.py", "eval/scenarios.py",
+                     "eval/capacity.json", "eval/variants.py", "eval/compare", "eval/figures/cells.py")  # fmt: skip
 BURST = "burst"  # a rate meaning "every request arrives at t = 0"
 
 
@@ -42,10 +43,36 @@ def code_fingerprint() -> str:
         p = ROOT / rel
         files = sorted(p.rglob("*")) if p.is_dir() else [p]
         for f in files:
-            if f.is_file() and "__pycache__" not in f.parts and f.suffix in (".py", ".json", ".ubj", ".md", ""):
+            if f.is_file() and "__pycache__" not in f.parts and f.suffix in (".py", ".json", ".ubj", ".csv", ""):
                 h.update(str(f.relative_to(ROOT)).encode())
                 h.update(f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def git_commit() -> str:
+    """The checkout's short commit (``+dirty`` when tracked files differ from it), or ``unknown``."""
+    import subprocess
+
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10)  # noqa: E731
+        head = run("rev-parse", "--short", "HEAD").stdout.strip()
+        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head + ("+dirty" if dirty else "")) if head else "unknown"
+
+
+def shown_path(path: str | Path) -> str:
+    """A path as a recorded command or report shows it: relative to the repository, else its name (never an
+    absolute machine path)."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return Path(path).name
+
+
+def shown_argv(argv: list[str]) -> str:
+    return " ".join(shown_path(x) if x.startswith("/") else x for x in argv)
 
 
 def cell_key(params: dict[str, Any], fingerprint: str | None = None) -> str:
@@ -91,41 +118,18 @@ def _json_default(x: Any) -> Any:
 
 
 def sim_cell(policy: str, profile: str, workload: str, rate: float | str, *, n: int, seed: int = 0,
-             slo: str = "default", pool_tokens: int | None = None, page_size: int = 16, options: dict | None = None,
-             flags: dict | None = None, predictor: dict | None = None, scale: float = 1.0,
-             max_context: int | None = None) -> dict[str, Any]:  # fmt: skip
-    """Parameters of one simulation cell. ``options``: policy constructor keywords (``token_budget``, ...);
-    ``flags``: ``--ext-*`` dests (``ext_cacheopt_reuse``: False ...) building the ExtConfig; ``predictor``: the
-    synthetic estimator's settings (None: the policy sees only ``max_new_tokens``)."""
+             slo: str = "default", pool_tokens: int | None = None, page_size: int = 16, flags: dict | None = None,
+             scale: float = 1.0, max_context: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """Parameters of one bare simulation cell (the fidelity figure's replay of a live run): ``flags`` are
+    ``--ext-*`` dests building the ExtConfig; no length estimates (the live side learns them online)."""
     return {"kind": "sim", "policy": policy, "profile": profile, "workload": workload,
             "rate": rate if rate == BURST else round(float(rate), 4), "n": n, "seed": seed, "slo": slo,
-            "pool_tokens": pool_tokens, "page_size": page_size, "options": options or {}, "flags": flags or {},
-            "predictor": predictor, "scale": scale, "max_context": max_context}  # fmt: skip
-
-
-def predictor_for(flags: dict[str, Any] | None = None, sigma: float | str | None = "fitted") -> dict[str, Any]:
-    """The length-estimate settings of a CacheOPT cell: eval.cacheopt_eval's log-normal error model (``sigma``:
-    ``"fitted"`` = the committed predictor's held-out error, ``None`` = no predictor) at the config's confidence
-    rule (``--ext-predictor-alpha/beta``)."""
-    from policies.config import from_flat
-
-    cfg = from_flat(flags or {}).predictor
-    return {"sigma": sigma, "alpha": cfg.alpha, "beta": cfg.beta}
-
-
-def _estimator(pred: dict[str, Any], specs: list, rate: float, seed: int) -> Callable | None:
-    """eval.cacheopt_eval's estimator: a per-request table drawn from the true lengths with the predictor's error
-    (the simulator only ever shows the policy the estimate)."""
-    from eval import cacheopt_eval
-    from predictors.bounds import adapt_confidence
-
-    sigma = cacheopt_eval.predictor_sigma() if pred["sigma"] == "fitted" else pred["sigma"]
-    conf = adapt_confidence(pred["alpha"], pred["beta"], rate)
-    return cacheopt_eval.estimator(specs, sigma, conf, seed + 17)
+            "pool_tokens": pool_tokens, "page_size": page_size, "flags": flags or {}, "scale": scale,
+            "max_context": max_context}  # fmt: skip
 
 
 def run_sim(params: dict[str, Any]) -> dict[str, Any]:
-    """Compute one simulation cell (pure: same params and code, same result)."""
+    """Compute one bare simulation cell (pure: same params and code, same result)."""
     import profiles
     from eval.metrics import summarize_by_class
     from eval.sim import Simulator, make_policy
@@ -145,32 +149,22 @@ def run_sim(params: dict[str, Any]) -> dict[str, Any]:
     flags = dict(params["flags"])
     if params["policy"] in POLICY_CHOICES:
         flags.setdefault("ext_policy", params["policy"])
-    unknown = set(params["options"]) - {"token_budget"}
-    if unknown:
-        raise ValueError(f"cell options {sorted(unknown)}: only token_budget (a fixed chunk) is known")
-    pol = make_policy(params["policy"], prof, from_flat(flags), page_size=params["page_size"],
-                      chunk=params["options"].get("token_budget"))  # fmt: skip
-    rate = float(len(specs)) if burst else float(params["rate"])
-    est = _estimator(params["predictor"], specs, rate, params["seed"]) if params["predictor"] else None
+    pol = make_policy(params["policy"], prof, from_flat(flags), page_size=params["page_size"])
     pool = params["pool_tokens"] or prof.kv_capacity_tokens
-    res = Simulator(pol, prof, pool_tokens=pool, page_size=params["page_size"], estimator=est).run(specs)
-    done = [r for r in res.records if r.ok and r.finish_s is not None]
-    out: dict[str, Any] = {
-        "summary": res.summary,
-        "by_class": summarize_by_class(res.records),
-        "e2e_mean_ms": float(np.mean([(r.finish_s - r.arrival_s) * 1e3 for r in done])) if done else None,
-        "iterations": res.stats.iterations,
-        "stats": {k: v for k, v in vars(res.stats).items() if isinstance(v, (int, float))},
-        "pool_tokens": pool,
-        "wall_s": time.perf_counter() - t0,
-    }
-    if hasattr(pol, "exact_decisions"):
-        total = pol.exact_decisions + pol.heuristic_decisions
-        out["oracle_exact_share"] = pol.exact_decisions / total if total else 1.0
-    return out
+    res = Simulator(pol, prof, pool_tokens=pool, page_size=params["page_size"]).run(specs)
+    return {"summary": res.summary, "by_class": summarize_by_class(res.records), "iterations": res.stats.iterations,
+            "stats": {k: v for k, v in vars(res.stats).items() if isinstance(v, (int, float))}, "pool_tokens": pool,
+            "wall_s": time.perf_counter() - t0}  # fmt: skip
 
 
-RUNNERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"sim": run_sim}
+def _run_compare(params: dict[str, Any]) -> dict[str, Any]:
+    from eval.compare.cell import run_cell
+
+    return run_cell(params)
+
+
+RUNNERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"sim": run_sim, "compare": _run_compare}
+PARALLEL_KINDS = ("sim", "compare")  # pure simulations: safe to run in worker processes
 
 
 def register_runner(kind: str, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
@@ -202,7 +196,9 @@ class CellRunner:
         if todo:
             bar = tqdm(total=len(todo), desc=desc, unit="cell", disable=not self.progress, leave=False)
             firsts = {k: v[0] for k, v in todo.items()}
-            parallel = self.jobs > 1 and len(todo) > 1 and all(cells[i]["kind"] == "sim" for i in firsts.values())
+            parallel = (
+                self.jobs > 1 and len(todo) > 1 and all(cells[i]["kind"] in PARALLEL_KINDS for i in firsts.values())
+            )
             if parallel:
                 with ProcessPoolExecutor(max_workers=min(self.jobs, len(todo))) as ex:
                     futs = {ex.submit(_run_one, cells[i]): k for k, i in firsts.items()}

@@ -1,5 +1,6 @@
-"""Stock SGLang vs SGLang + extension on a real server, one run each, same trace slice: the engine of
-``scripts/live_experiment.py`` and of the ``live_cpu`` / ``simulator_fidelity`` figures.
+"""Stock SGLang vs SGLang + extension on a real server, same trace slice, ``repeats`` times (median and range, the
+1-minute load average around every side: eval.live_repeats): the engine of ``scripts/live_experiment.py`` and of
+the ``live_cpu`` / ``simulator_fidelity`` figures.
 
 Why a model directory written here: nothing may be downloaded, and ``--load-format dummy`` needs only a config
 (random weights have the real shapes, so iteration times are the real model's) and a tokenizer. The Llama-3-8B and
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from eval.live_repeats import run_repeats, with_load
 from eval.loadgen import run_load
 from eval.metrics import write_records
 from eval.server import TINY_MODEL, ServerProcess, cpu_server_args
@@ -79,6 +81,11 @@ def workload(name: str, n: int, rate: float, seed: int, scale: float, max_contex
 
 def run_side(label: str, args: list[str], specs: list[RequestSpec], out: Path, device: str, seed: int,
              timeout_s: float) -> dict[str, Any]:  # fmt: skip
+    return with_load(label, lambda: _run_side(label, args, specs, out, device, seed, timeout_s))
+
+
+def _run_side(label: str, args: list[str], specs: list[RequestSpec], out: Path, device: str, seed: int,
+              timeout_s: float) -> dict[str, Any]:  # fmt: skip
     env = {"SGLANG_USE_CPU_ENGINE": "1" if device == "cpu" else "0"}
     with ServerProcess(args, log_path=out / f"server_{label}.log", env=env, startup_timeout_s=timeout_s) as srv:
         print(f"[live] {label}: healthy after {srv.startup_s:.1f} s; replaying {len(specs)} requests", flush=True)
@@ -94,8 +101,11 @@ def run_side(label: str, args: list[str], specs: list[RequestSpec], out: Path, d
 def run_pair(*, device: str = "cpu", model: str = "tiny", policy: str = "cacheopt", workload_name: str = "azure-conv",
              num_requests: int = 40, rate: float = 4.0, pool_tokens: int | None = None, scale: float | None = None,
              max_context: int | None = None, slo: str | None = None, seed: int = 0, ext_args: tuple[str, ...] = (),
-             server_extra: tuple[str, ...] = (), out: Path, timeout_s: float = 240.0) -> dict[str, Any]:  # fmt: skip
-    """Run stock, then ``--ext-policy policy``, on the same specs; returns and writes ``comparison.json``."""
+             server_extra: tuple[str, ...] = (), out: Path, timeout_s: float = 240.0,
+             repeats: int = 1) -> dict[str, Any]:  # fmt: skip
+    """Run stock and ``--ext-policy policy`` on the same specs, ``repeats`` times (side order alternating); returns
+    and writes ``comparison.json``: ``stock`` / ``ext`` are the medians over repeats, ``range`` their [min, max],
+    ``repeats`` every run, each side with the load average around it."""
     pool_d, scale_d, ctx_d, slo_d, prof_d = DEVICE_DEFAULTS[device]
     pool, scale, max_context = pool_tokens or pool_d, scale or scale_d, max_context or ctx_d
     slo = slo or slo_d
@@ -107,26 +117,37 @@ def run_pair(*, device: str = "cpu", model: str = "tiny", policy: str = "cacheop
     specs = workload(workload_name, num_requests, rate, seed, scale, max_context, slo, slo_profile)
     t0 = time.monotonic()
     load_start = os.getloadavg()[0]
-    stock = run_side("stock", server_args(device, path, pool, list(server_extra)), specs, out, device, seed, timeout_s)
     ext_flags = ["--ext-policy", policy, *ext_args]
     if device == "cuda" and slo_profile and not any(a.startswith("--ext-latency-profile") for a in ext_args):
         ext_flags += ["--ext-latency-profile", slo_profile]
-    ext = run_side(policy, server_args(device, path, pool, [*server_extra, *ext_flags]), specs, out, device, seed,
-                   timeout_s)  # fmt: skip
+    stock_args = server_args(device, path, pool, list(server_extra))
+    ext_args_all = server_args(device, path, pool, [*server_extra, *ext_flags])
+
+    def side(label: str, args: list[str]) -> Any:
+        def run(i: int) -> dict[str, Any]:
+            d = out if repeats == 1 else out / f"repeat-{i}"
+            d.mkdir(parents=True, exist_ok=True)
+            return run_side(label if label == "stock" else policy, args, specs, d, device, seed, timeout_s)
+
+        return run
+
+    rep = run_repeats(repeats, [("stock", side("stock", stock_args)), ("ext", side("ext", ext_args_all))])
+    stock, ext = rep["median"]["stock"], rep["median"]["ext"]
     config = {"device": device, "model": model, "policy": policy, "workload": workload_name, "num_requests": len(specs),
               "rate": rate, "pool_tokens": pool, "scale": scale, "max_context": max_context, "slo": slo,
               "slo_profile": slo_profile, "seed": seed, "ext_args": list(ext_args), "server_extra": list(server_extra),
               "wall_s": time.monotonic() - t0, "load_avg_1min": [load_start, os.getloadavg()[0]],
-              "cpu_count": os.cpu_count()}  # fmt: skip
-    doc = {"config": config, "stock": stock, "ext": ext}
+              "cpu_count": os.cpu_count(), "repeats": repeats, "order": rep["order"]}  # fmt: skip
+    doc = {"config": config, "stock": stock, "ext": ext, "range": rep["range"], "repeats": rep["repeats"]}
     (out / "comparison.json").write_text(json.dumps(doc, indent=2) + "\n")
     return doc
 
 
 def title(config: dict[str, Any]) -> str:
+    reps = config.get("repeats", 1)
     return (f"{config['model']} on {config['device']}: {config['workload']} x{config['num_requests']} (lengths "
             f"/{config['scale']:g}), Poisson {config['rate']:g} req/s, pool {config['pool_tokens']} tokens, SLO "
-            f"{config['slo']}" + _load(config))  # fmt: skip
+            f"{config['slo']}, {reps} repeat{'s' if reps != 1 else ''} (median [range])" + _load(config))  # fmt: skip
 
 
 def _load(config: dict[str, Any]) -> str:
@@ -143,4 +164,4 @@ def sim_specs_params(config: dict[str, Any]) -> dict[str, Any]:
 
 def strip(summary: dict[str, Any]) -> dict[str, Any]:
     """The summary without the bulky run diagnostics (for figure JSON)."""
-    return {k: v for k, v in summary.items() if k not in ("workload", "finish_reasons", "errors")}
+    return {k: v for k, v in summary.items() if k not in ("workload", "finish_reasons", "errors", "server_args")}

@@ -25,6 +25,9 @@ STYLE = {
     "cacheopt-mixed": {"color": "C8"},
     "accelgen": {"color": "C0"},
     "cacheopt+accelgen": {"color": "C4"},
+    "sglang-mixed": {"color": "C3", "linestyle": "--"},
+    "sglang-tuned": {"color": "C6", "linestyle": "--"},
+    "edf": {"color": "C9"},
 }
 LABELS = {
     "ttft_p99_ms": "p99 TTFT (ms)",
@@ -39,6 +42,10 @@ LABELS = {
     "e2e_p99_ms": "p99 latency (ms)",
     "preemptions": "preemptions",
     "tight_tbt_attainment": "tight-class TBT attainment",
+    "worst_class": "worst class's SLO attainment",
+    "kv_peak_frac": "peak KV in use (fraction of pool)",
+    "kv_mean_frac": "mean KV in use (fraction of pool)",
+    "preempt_per_1k": "preemptions per 1,000 requests",
 }
 
 
@@ -86,22 +93,18 @@ def lines_vs_rate(fields: tuple[str, ...], log: bool = False, ylim: tuple[float,
 
 def max_rate_bars(data: dict[str, Any], path: Path) -> None:
     runs = data["runs"]
-    fig, axes = _grid(1, len(runs), w=5)
-    for ax, (key, m) in zip(axes[0], runs.items(), strict=True):
+    fig, axes = _grid(1, max(len(runs), 1), w=5)
+    for ax, (key, m) in zip(axes[0], runs.items(), strict=False):
         pols = list(m)
-        vals = [m[p]["max_rate"] for p in pols]
+        vals = [m[p]["max_rate"] or 0.0 for p in pols]
         bars = ax.bar(pols, vals, color=[STYLE.get(p, {}).get("color", "C7") for p in pols])
         for b, p in zip(bars, pols, strict=True):
-            mark = "" if m[p]["bounded"] else " (>=)"
-            ax.annotate(
-                f"{m[p]['max_rate']:.2f}{mark}",
-                (b.get_x() + b.get_width() / 2, b.get_height()),
-                ha="center",
-                va="bottom",
-                fontsize=7,
-            )
+            x = m[p]["max_rate"]
+            text = "-" if x is None else f"{'>=' if not m[p]['bounded'] else ''}{x:.3g}"
+            ax.annotate(text, (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=7)
         ax.set_title(f"{key}\nmax rate with >= {data['attainment']:.0%} SLO attainment", fontsize=8)
         ax.set_ylabel("req/s")
+        ax.tick_params(axis="x", labelsize=6, rotation=25)
     _save(fig, path)
 
 
@@ -111,106 +114,107 @@ def _bars(ax: Any, groups: list[str], series: dict[str, list[Any]], title: str, 
     for j, (name, vals) in enumerate(series.items()):
         xs = [i + (j - (n - 1) / 2) * width for i in range(len(groups))]
         ax.bar(xs, [v or 0 for v in vals], width, label=name, color=STYLE.get(name, {}).get("color", f"C{j}"))
-    ax.set_xticks(range(len(groups)), groups, fontsize=7, rotation=20)
+    ax.set_xticks(range(len(groups)), groups, fontsize=6, rotation=25)
     ax.set_title(title, fontsize=8)
     if log:
         ax.set_yscale("log")
 
 
+def _rate_label(r: Any) -> str:
+    return r if isinstance(r, str) else f"{r:.3g} req/s"
+
+
+def _tables(tables: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(row title, {"rates", "variants"}) for every run and SLO setting of study tables."""
+    rows = []
+    for key, t in tables.items():
+        for setting, e in t.get("settings", {}).items():
+            rows.append((f"{key} [{setting}]", e))
+    return rows
+
+
 def variant_bars(data: dict[str, Any], path: Path) -> None:
-    runs = data["runs"]
-    fields = ("slo_attainment", "stall_p99_ms", "ttft_p99_ms", "preemptions")
-    fig, axes = _grid(len(runs), len(fields), w=4.6)
-    for row, (key, e) in enumerate(runs.items()):
+    """Study tables (eval.figures.studies_figs): one row per scenario/setting, one bar group per variant."""
+    tables = {"": data} if "settings" in data else data.get("runs", {"": data.get("main", {})})
+    rows = _tables(tables)
+    fields = ("slo_attainment", "stall_p99_ms", "ttft_p99_ms", "preempt_per_1k")
+    fig, axes = _grid(max(len(rows), 1), len(fields), w=4.8)
+    for row, (title, e) in enumerate(rows):
+        names = list(e["variants"])
         for col, f in enumerate(fields):
-            series = {f"{r:.2f} req/s": [v[f][i] for v in e["variants"].values()] for i, r in enumerate(e["rates"])}
-            _bars(axes[row][col], list(e["variants"]), series, f"{key}\n{LABELS[f]}", log=f.endswith("_ms"))
-    axes[0][0].legend(fontsize=6)
+            series = {_rate_label(r): [e["variants"][v][f][i] for v in names] for i, r in enumerate(e["rates"])}
+            _bars(axes[row][col], names, series, f"{title}\n{LABELS.get(f, f)}", log=f.endswith("_ms"))
+    if rows:
+        axes[0][0].legend(fontsize=6)
     _save(fig, path)
 
 
 def sensitivity_lines(data: dict[str, Any], path: Path) -> None:
-    params = data["params"]
-    fields = ("slo_attainment", "stall_p99_ms", "ttft_p99_ms")
-    fig, axes = _grid(len(fields), len(params))
-    for col, (flag, p) in enumerate(params.items()):
-        for key, e in p["runs"].items():
-            for row, f in enumerate(fields):
-                ax = axes[row][col]
-                xs = list(range(len(p["values"])))
-                ax.plot(xs, [e["variants"][str(v)][f][0] for v in p["values"]], marker="o", label=f"cacheopt {key}")
-                ax.axhline(e["variants"]["sglang (stock)"][f][0], color="C3", ls=":", label="sglang (stock)")
-                ax.set_xticks(xs, [str(v) for v in p["values"]], fontsize=7)
-                ax.set_title(f"{flag.replace('ext_', '--ext-').replace('_', '-')}\n{LABELS[f]}", fontsize=8)
-    axes[0][0].legend(fontsize=6)
-    _save(fig, path)
+    variant_bars({"runs": {"in-distribution estimates": data["main"], "off-source estimates": data["off_source"]}},
+                 path)  # fmt: skip
+
+
+def _worst_class(by_class: list[dict[str, float | None]]) -> list[float | None]:
+    return [min((v for v in d.values() if v is not None), default=None) for d in by_class]
 
 
 def accelgen_grid(data: dict[str, Any], path: Path) -> None:
     runs = data["runs"]
-    fields = ("throughput_tok_s", "goodput_rps", "tight_tbt_attainment", "slo_attainment", "e2e_mean_ms", "e2e_p99_ms")
-    fig, axes = _grid(len(runs), len(fields), w=3.8)
+    fields = ("throughput_tok_s", "goodput_rps", "worst_class", "slo_attainment", "e2e_mean_ms", "e2e_p99_ms")
+    fig, axes = _grid(max(len(runs), 1), len(fields), w=3.8)
     for row, (key, e) in enumerate(runs.items()):
         for col, f in enumerate(fields):
             ax = axes[row][col]
             for pol, v in e["policies"].items():
-                ys = [c["tight"] for c in v["tbt_attainment_by_class"]] if f == "tight_tbt_attainment" else v[f]
-                _line(ax, e["rates"], ys, pol)
-            ax.set_title(f"{key}\n{LABELS[f]}", fontsize=8)
+                _line(ax, e["rates"], _worst_class(v["by_class"]) if f == "worst_class" else v[f], pol)
+            ax.set_title(f"{key}\n{LABELS.get(f, f)}", fontsize=8)
             ax.set_xlabel("rate (req/s)", fontsize=8)
             if f.endswith("_ms"):
                 ax.set_yscale("log")
-    axes[0][0].legend(fontsize=6)
+    if runs:
+        axes[0][0].legend(fontsize=6)
     _save(fig, path)
 
 
 def chunk_size_lines(data: dict[str, Any], path: Path) -> None:
     runs = data["runs"]
-    fields = ("goodput_rps", "tight_tbt_attainment", "e2e_mean_ms")
-    fig, axes = _grid(len(runs), len(fields))
+    fields = ("goodput_rps", "slo_attainment", "e2e_mean_ms")
+    fig, axes = _grid(max(len(runs), 1), len(fields))
     for row, (key, e) in enumerate(runs.items()):
         for col, f in enumerate(fields):
             ax = axes[row][col]
-            ax.plot(e["chunk_sizes"], [r[f] for r in e["sarathi"]], marker="o", label="sarathi (fixed budget)")
-            ax.axhline(e["accelgen"][f], color="C0", ls="--", label="accelgen (dynamic)")
-            ax.axhline(e["sglang"][f], color="C3", ls=":", label="sglang")
+            ax.plot(e["chunk_sizes"], [r[f] for r in e["sarathi"]], marker="o", label="sarathi (fixed chunk)")
+            if e.get("sglang_mixed"):
+                ax.plot(e["chunk_sizes"], [r[f] for r in e["sglang_mixed"]], marker="s", label="sglang-mixed")
+            ax.axhline(e["accelgen"][f] or 0, color="C0", ls="--", label="accelgen (dynamic)")
+            ax.axhline(e["sglang"][f] or 0, color="C3", ls=":", label="sglang (default)")
             ax.set_xscale("log", base=2)
-            ax.set_title(f"{key} ({e['rate']:.2f} req/s)\n{LABELS[f]}", fontsize=8)
-            ax.set_xlabel("token budget", fontsize=8)
-    axes[0][0].legend(fontsize=6)
+            ax.set_title(f"{key}\n{LABELS.get(f, f)}", fontsize=8)
+            ax.set_xlabel("chunk (tokens)", fontsize=8)
+    if runs:
+        axes[0][0].legend(fontsize=6)
     _save(fig, path)
 
 
 def oracle_gap(data: dict[str, Any], path: Path) -> None:
     runs = data["runs"]
-    fig, axes = _grid(1, len(runs), w=5)
-    for ax, (key, e) in zip(axes[0], runs.items(), strict=True):
+    fig, axes = _grid(1, max(len(runs), 1), w=5)
+    for ax, (key, e) in zip(axes[0], runs.items(), strict=False):
         for lab, ys in e["share"].items():
             _line(ax, e["rates"], ys, lab)
         ax.axhline(1.0, color="black", ls="--", lw=0.8, label="oracle")
         ax.axhline(0.95, color="grey", ls=":", lw=0.8, label="95% of oracle")
-        tiny = e["tiny"]
-        ax.set_title(
-            f"{key}\ngoodput / Oracle goodput; exact small instances: accelgen/oracle = "
-            f"{tiny['accelgen_over_oracle']:.3f}",
-            fontsize=8,
-        )
+        x = e["tiny"]["accelgen_over_oracle"]
+        ax.set_title(f"{key}\ngoodput / Oracle's; exact small instances: accelgen/oracle = "
+                     f"{'-' if x is None else f'{x:.3f}'}", fontsize=8)  # fmt: skip
         ax.set_xlabel("rate (req/s)", fontsize=8)
-    axes[0][0].legend(fontsize=6)
+    if runs:
+        axes[0][0].legend(fontsize=6)
     _save(fig, path)
 
 
 def combined_bars(data: dict[str, Any], path: Path) -> None:
-    runs = data["runs"]
-    fields = ("goodput_rps", "slo_attainment", "stall_p99_ms", "ttft_p99_ms")
-    fig, axes = _grid(len(runs), len(fields), w=4.4)
-    for row, (key, e) in enumerate(runs.items()):
-        groups = [f"{r:.2f} req/s" for r in e["rates"]]
-        for col, f in enumerate(fields):
-            series = {pol: v[f] for pol, v in e["policies"].items()}
-            _bars(axes[row][col], groups, series, f"{key}\n{LABELS[f]}", log=f.endswith("_ms"))
-    axes[0][0].legend(fontsize=6)
-    _save(fig, path)
+    variant_bars({"runs": data["runs"]}, path)
 
 
 def predictor_scatter(data: dict[str, Any], path: Path) -> None:

@@ -9,10 +9,12 @@ copy/compute overlap is modelled), then emit tokens. Time jumps over idle gaps t
 arrival. The host decides nothing itself: it only enforces the physics (pool capacity, hidden lengths) and
 fails loudly when a policy breaks them or stops making progress.
 
-Host rules that mirror SGLang's server (``scheduler.py`` ``init_req_max_new_tokens`` and input validation): a
-prompt of ``capacity - 6`` tokens or more is rejected with a reason; the visible ``max_new_tokens`` is capped at
-``capacity - 2 - prompt`` and at ``capacity - ceil_page(prompt) - page - 1`` (``max_new_tokens_for_memory``: a
-request alone in an empty pool is always admissible). A re-prefilled (recomputed) request samples its next
+Host rules that mirror SGLang's server at arrival (``eval.caps.sglang_arrival``: the tokenizer's context-length
+check against the policy's ``host.context_len``, ``scheduler.py`` ``init_req_max_new_tokens`` and input validation):
+a prompt of ``min(context, capacity) - 6`` tokens or more, or a cap that does not fit the context, is rejected with a
+reason; the visible ``max_new_tokens`` is capped at ``min(context, capacity) - 2 - prompt`` and at
+``capacity - ceil_page(prompt) - page - 1`` (``max_new_tokens_for_memory``: a request alone in an empty pool is
+always admissible). A re-prefilled (recomputed) request samples its next
 token at the end of the prefill, as SGLang's retracted requests do. All admitted prefixes are locked before any
 allocation of the iteration (SGLang forms the whole batch before ``prepare_for_extend`` allocates), so a policy
 accounts a hit as pinned: it leaves the evictable pool when its request is admitted.
@@ -25,6 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from eval.caps import sglang_arrival
 from eval.metrics import RequestRecord, summarize
 from eval.sim import request as rq
 from eval.sim.kv_ops import KVOps, PolicyError, SimulationStalled
@@ -54,6 +57,11 @@ class SimStats:
     aborted: int = 0  # decode OOM that no victim could fix (SGLang aborts the last request too)
     cache_hit_tokens: int = 0
     busy_s: float = 0.0
+    preempt_recompute: int = 0  # preemptions by mode (plan preemptions and decode-OOM retractions alike)
+    preempt_swap: int = 0  # executed swaps (a swap that fell back to recompute counts as recompute)
+    kv_peak_tokens: int = 0  # most KV held by requests (private + locked prefixes) during any iteration
+    kv_token_s: float = 0.0  # integral of that KV over simulated time (mean = kv_token_s / span_s)
+    span_s: float = 0.0  # simulated time from the first arrival to the end of the run
 
 
 @dataclass
@@ -134,6 +142,7 @@ class Simulator(KVOps):
             if self.stats.iterations > self.max_iterations:
                 raise SimulationStalled(f"more than {self.max_iterations} iterations")
         records = [r.record if isinstance(r, SimRequest) else r for r in self.requests]
+        self.stats.span_s = self.now - todo[0].arrival_s if todo else 0.0
         return SimResult(records, summarize(records), self.stats)
 
     def _iterate(self) -> bool:
@@ -172,6 +181,9 @@ class Simulator(KVOps):
         if forward_s > 0:
             self.core.measured(shape, forward_s)  # the "measured" iteration (A1's refit learns the true profile)
         dt = forward_s + extra_s
+        in_use = self.pool.capacity - self.pool.free - self.pool.cache.evictable_tokens  # KV held by requests
+        self.stats.kv_peak_tokens = max(self.stats.kv_peak_tokens, in_use)
+        self.stats.kv_token_s += in_use * dt
         self._zero_dt = self._zero_dt + 1 if dt <= 0 else 0
         if self._zero_dt > 10_000:
             raise SimulationStalled(f"policy {self.policy.name!r}: 10,000 iterations without simulated time passing")
@@ -283,11 +295,13 @@ class Simulator(KVOps):
 
     # --- request lifecycle ----------------------------------------------------------------------------------
     def _arrive(self, spec: RequestSpec) -> None:
-        cap, page = self.pool.capacity, self.pool.page_size
-        max_new = min(spec.max_new_tokens, cap - 2 - spec.prompt_len, cap - self.pool.pages(spec.prompt_len) - page - 1)
-        if spec.prompt_len <= 0 or spec.prompt_len >= cap - 6 or max_new < 1:
+        pool, ctx = self.pool, self.policy.host.context_len  # SGLang's context and memory rule at arrival (eval.caps)
+        max_new, reason = sglang_arrival(
+            spec.prompt_len, spec.max_new_tokens, pool_tokens=pool.capacity, page_size=pool.page_size, context_len=ctx
+        )
+        if max_new is None:
             rec = SimRequest(spec, 1, (), (), None).record
-            rec.error = f"rejected: prompt of {spec.prompt_len} tokens does not fit the KV pool of {cap} tokens"
+            rec.error = reason
             self.requests.append(rec)
             self.stats.rejected += 1
             return
@@ -351,6 +365,9 @@ class Simulator(KVOps):
             r.host_tokens = tokens
             t = self.latency.swap_s(tokens)
             self.stats.swaps_out += 1
+            self.stats.preempt_swap += 1
+        else:
+            self.stats.preempt_recompute += 1
         r.match_epoch = -1 if self.prefix_cache else -2
         if self.prefix_cache:
             self.pool.cache.stale.append(r)
