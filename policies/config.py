@@ -126,6 +126,7 @@ class CacheOptConfig:
     swap_or_recompute: bool = opt(True, "C5: choose the faster of swap and recompute (off: recompute).")
     swap_block_tokens: int = opt(16, "C5: tokens per swapped KV block (one copy each way per block).")
     swap_block_overhead_us: float = opt(1.0, "C5: fixed cost per swapped block per direction, microseconds.")
+    swap_space_tokens: int = opt(65536, "C5: host memory for swapped-out KV, in tokens (0: never swap, recompute).")
     waiting_window: int = opt(32, "C2: waiting requests considered per iteration (bounds plan() cost).")
     mixed_chunk: bool = opt(False, "Batching: decodes ride along with prefill chunks (off: SGLang's alternation).")
 
@@ -140,6 +141,7 @@ class CacheOptConfig:
         _check(0 <= self.victim_tolerance < 1, "--ext-cacheopt-victim-tolerance", "must be in [0, 1)")
         _check(self.swap_block_tokens > 0, "--ext-cacheopt-swap-block-tokens", "must be > 0")
         _check(self.swap_block_overhead_us >= 0, "--ext-cacheopt-swap-block-overhead-us", "must be >= 0")
+        _check(self.swap_space_tokens >= 0, "--ext-cacheopt-swap-space-tokens", "must be >= 0")
         _check(self.waiting_window > 0, "--ext-cacheopt-waiting-window", "must be > 0")
 
 

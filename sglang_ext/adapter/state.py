@@ -24,7 +24,7 @@ from policies.latency import BatchShape
 from policies.views import SLO, Admit, IterationPlan, LengthEstimate, PreemptMode, SchedulerView, WaitingView
 from predictors.online import OnlineLengthBound
 from sglang_ext import metrics as ext_metrics
-from sglang_ext.adapter import translate
+from sglang_ext.adapter import swap, translate
 
 logger = logging.getLogger("sglang_ext")
 
@@ -123,12 +123,14 @@ class Adapter:
             self.predictor.poll()
         self._track_tokens(running_reqs, now)
         core = self.core
+        mgr = swap.manager()
         waiting = []
         for req in sched.waiting_queue:
             self.on_arrival(req)
             slo = translate.request_slo(req, self.default_slo)
+            swapped = mgr is not None and mgr.is_swapped_out(req.rid)  # its KV comes back by swap-in (C5)
             waiting.append(translate.waiting_view(req, self.arrival[req.rid], slo, self._estimate(req),
-                                                  self.first_token.get(req.rid)))  # fmt: skip
+                                                  self.first_token.get(req.rid), swapped_out=swapped))  # fmt: skip
         if chunked_req is not None and all(w.rid != chunked_req.rid for w in waiting):
             self.on_arrival(chunked_req)
             slo = translate.request_slo(chunked_req, self.default_slo)
@@ -282,9 +284,12 @@ class Adapter:
         ext_metrics.get().observe_victims(view, victims)
         idx = translate.index_by_rid(reqs)
         chosen = [idx[v.rid] for v in victims if v.rid in idx]
+        mgr = swap.manager()
         for v in victims:
             self.victim_modes[v.rid] = v.mode if self.caps.swap else PreemptMode.RECOMPUTE
             self.counters[f"victim_{v.mode.value}_decided"] += 1
+            if mgr is not None:  # swap.around_release_req copies SWAP victims out before SGLang frees them
+                mgr.mark(v.rid, self.victim_modes[v.rid])
         rest = [i for i in default if i not in set(chosen)]
         return rest + list(reversed(chosen))
 
@@ -293,3 +298,5 @@ class Adapter:
         if now - self._last_log >= LOG_EVERY_S:
             self._last_log = now
             logger.info("sglang_ext counters: %s", dict(sorted(self.counters.items())))
+            if (mgr := swap.manager()) is not None and (mgr.stats.swaps_out or mgr.stats.recompute_marked):
+                logger.info("sglang_ext swap stats: %s", mgr.stats.as_dict())
