@@ -1,0 +1,102 @@
+"""The extension scaled out on SGLang's own engine (issue 14), on CPU with the tiny model:
+
+- ``--dp-size 2``: both data-parallel workers serve a burst with per-request SLOs under the extension (their
+  ``sglang_ext:`` series on ``/metrics``, labelled by ``dp_rank``), the launcher started exactly one predictor
+  service, and that service saw both workers by name (statistics and predictions from each).
+- Two extension servers behind SGLang's router (``sglang-router``, cache-aware policy): the load generator, pointed
+  at the router, completes every request and both servers served some under the extension.
+
+Each test prints the load generator's throughput (and, for the router, one server's on the same requests); on this
+2-core machine the extra workers share the same cores, so these numbers show the set-up works, not a speed-up.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from eval.loadgen import run_load
+from eval.router import RouterProcess, router_args
+from eval.server import ServerProcess, cpu_server_args
+from eval.workloads import load_workload
+from predictors.process import wait_ready
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+TIMEOUTS = {"stall_timeout_s": 120.0, "request_timeout_s": 400.0, "health_interval_s": 10.0, "progress": False}
+
+
+def burst(n: int = 24) -> list:
+    """``n`` Azure conversation requests (lengths / 4) arriving within ~1.5 s, each with its own SLOs."""
+    specs = load_workload("azure-conv", num_requests=n, rate=16.0, scale=4.0, max_context=512, seed=5)
+    return [replace(s, ttft_slo_ms=3000.0 + 500 * (i % 3), tbt_slo_ms=200.0 + 100 * (i % 2))
+            for i, s in enumerate(specs)]  # fmt: skip
+
+
+def admissions_by_rank(base_url: str) -> dict[str, float]:
+    """``sglang_ext:admissions_total`` summed over kinds, per ``dp_rank``."""
+    out: dict[str, float] = {}
+    text = httpx.get(base_url + "/metrics", timeout=30).text
+    for fam in text_string_to_metric_families(text):
+        if fam.name == "sglang_ext:admissions":
+            for s in fam.samples:
+                if s.name.endswith("_total"):
+                    out[s.labels["dp_rank"]] = out.get(s.labels["dp_rank"], 0.0) + s.value
+    return out
+
+
+def report(label: str, summary: dict) -> None:
+    print(json.dumps({"run": label, "completed": summary["completed"], "throughput_tok_s":
+                      round(summary["throughput_tok_s"], 1), "slo_attainment": summary["slo_attainment"]}))  # fmt: skip
+
+
+def test_dp2_workers_serve_under_the_extension_with_one_shared_service(tmp_path: Path) -> None:
+    extra = ["--dp-size", "2", "--ext-policy", "cacheopt", "--ext-predictor-mode", "service"]
+    env = {"SGLANG_CPU_OMP_THREADS_BIND": "0|1"}  # SGLang on CPU needs the cores of each DP rank named
+    with ServerProcess(cpu_server_args(pool_tokens=2048, extra=extra), env=env, log_path=tmp_path / "dp.log") as srv:
+        log = srv.log_text()
+        assert log.count("predictor service pid=") == 1, log  # started once, by the launcher
+        m = re.search(r"predictor service pid=\d+ at (\S+)", log)
+        assert m is not None
+        specs = burst()
+        records, summary = run_load(srv.base_url, specs, **TIMEOUTS)
+        report("dp2", summary)
+        assert summary["completed"] == len(specs), summary["errors"]
+        assert [r.output_len for r in records] == [s.output_len for s in specs]
+        by_rank = admissions_by_rank(srv.base_url)
+        assert set(by_rank) == {"0", "1"} and min(by_rank.values()) > 0, by_rank  # both workers, the extension's
+        log = srv.log_text()
+        for rank in (0, 1):
+            assert re.search(rf"adapter active in scheduler pid=\d+ policy=cacheopt dp_rank={rank} ", log), log[-3000:]
+        pong = wait_ready(m.group(1), 30)
+        assert pong is not None
+        workers = {name: w for name, w in pong["workers"].items() if re.search(r":\d+/dp[01]$", name)}
+        assert sorted(n[-3:] for n in workers) == ["dp0", "dp1"], pong["workers"]
+        assert all(w["stats"] > 0 and w["predictions"] > 0 for w in workers.values()), workers
+
+
+def test_two_extension_servers_behind_sglang_router(tmp_path: Path) -> None:
+    extra = ["--ext-policy", "cacheopt", "--ext-predictor-mode", "online"]
+    args = cpu_server_args(pool_tokens=2048, extra=extra)
+    with (
+        ServerProcess(args, log_path=tmp_path / "a.log") as a,
+        ServerProcess(args, log_path=tmp_path / "b.log") as b,
+        RouterProcess(router_args([a.base_url, b.base_url], "cache_aware"), log_path=tmp_path / "router.log") as r,
+    ):
+        specs = burst()
+        _, alone = run_load(a.base_url, [replace(s, rid=s.rid + "-alone") for s in specs], **TIMEOUTS)
+        report("one server", alone)
+        before = {name: admissions_by_rank(s.base_url).get("0", 0.0) for name, s in (("a", a), ("b", b))}
+        records, summary = run_load(r.base_url, specs, **TIMEOUTS)
+        report("router, two servers", summary)
+        assert summary["completed"] == len(specs), summary["errors"]
+        assert [rec.output_len for rec in records] == [s.output_len for s in specs]
+        after = {name: admissions_by_rank(s.base_url).get("0", 0.0) for name, s in (("a", a), ("b", b))}
+        served = {k: after[k] - before[k] for k in after}
+        assert min(served.values()) > 0 and sum(served.values()) >= len(specs), served  # both, under the extension
