@@ -23,6 +23,7 @@ from eval.metrics import write_records
 from eval.sim import Simulator, make_policy
 from eval.sim.cluster import Cluster
 from eval.sim.routing import ROUTERS
+from eval.slo import parse_slo
 from eval.workloads import available_workloads, load_workload
 from policies import base
 from policies.config import POLICY_CHOICES, ConfigError, ExtConfig, flat_fields, from_flat
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--host-tokens", type=int, default=None, help="host memory for swapped KV (default 4x pool)")
     ap.add_argument("--scale", type=float, default=1.0, help="divide every workload length by this")
     ap.add_argument("--max-context", type=int, default=None, help="clip prompt + output to this many tokens")
+    ap.add_argument("--slo", default="none", help="SLO spec (eval.slo): none, default, abs:TTFT_MS:TBT_MS, classes; "
+                    "relative ('<k>x') SLOs are multiples of the request's isolated latency on --profile")  # fmt: skip
     ap.add_argument("--replicas", type=int, default=1, help="replicas behind the router (each with the profile's "
                     "pool; --rate is the whole cluster's)")  # fmt: skip
     ap.add_argument("--router", default="rr", choices=ROUTERS, help="with --replicas > 1: rr = round-robin, prefix = "
@@ -87,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             scale=args.scale,
             max_context=args.max_context,
+            slo=parse_slo(args.slo, profile, None),
         )
         page = args.page_size or (1 if args.profile.startswith("cpu") else 16)
         if args.replicas < 1:

@@ -138,13 +138,15 @@ def test_cli_replicas_and_router(tmp_path, capsys) -> None:
     out, recs = tmp_path / "s.json", tmp_path / "r.jsonl"
     argv = ["--policy", "sglang", "--profile", "h100-llama3-8b", "--workload", "mooncake", "--num-requests", "40",
             "--scale", "4", "--out", str(out), "--requests-out", str(recs)]  # fmt: skip
-    assert main([*argv, "--replicas", "2", "--router", "prefix"]) == 0
+    assert main([*argv, "--replicas", "2", "--router", "prefix", "--slo", "abs:2000:80"]) == 0
     s = json.loads(out.read_text())
     assert s["submitted"] == 40 and s["cluster"]["replicas"] == 2 and sum(s["cluster"]["routed"]) == 40
     assert s["cluster"]["router"]["policy"] == "prefix" and len(read_records(recs)) == 40
+    assert {(r.ttft_slo_ms, r.tbt_slo_ms) for r in read_records(recs)} == {(2000.0, 80.0)}
     assert "2 x h100-llama3-8b, router prefix" in capsys.readouterr().err
     assert main([*argv, "--replicas", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --replicas: must be >= 1, got 0"
+    assert main([*argv, "--slo", "abs:fast"]) == 2 and "abs:TTFT_MS:TBT_MS" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*argv, "--replicas", "2", "--router", "random"])
 
