@@ -33,22 +33,28 @@ TIMEOUTS = {"stall_timeout_s": 120.0, "request_timeout_s": 400.0, "health_interv
 
 
 def burst(n: int = 24) -> list:
-    """``n`` Azure conversation requests (lengths / 4) arriving within ~1.5 s, each with its own SLOs."""
-    specs = load_workload("azure-conv", num_requests=n, rate=16.0, scale=4.0, max_context=512, seed=5)
+    """``n`` AlpacaEval prompts as text (the router's cache-aware policy matches text; outputs / 8) arriving within
+    ~1.5 s, each with its own SLOs."""
+    specs = load_workload("alpaca", num_requests=n, rate=16.0, scale=8.0, max_context=512, seed=5)
     return [replace(s, ttft_slo_ms=3000.0 + 500 * (i % 3), tbt_slo_ms=200.0 + 100 * (i % 2))
             for i, s in enumerate(specs)]  # fmt: skip
 
 
-def admissions_by_rank(base_url: str) -> dict[str, float]:
-    """``sglang_ext:admissions_total`` summed over kinds, per ``dp_rank``."""
+def by_rank(base_url: str, family: str = "sglang_ext:admissions", suffix: str = "_total",
+            **labels: str) -> dict[str, float]:  # fmt: skip
+    """A ``sglang_ext:`` metric from ``/metrics`` summed per ``dp_rank`` (over the labels not given)."""
     out: dict[str, float] = {}
     text = httpx.get(base_url + "/metrics", timeout=30).text
     for fam in text_string_to_metric_families(text):
-        if fam.name == "sglang_ext:admissions":
+        if fam.name == family:
             for s in fam.samples:
-                if s.name.endswith("_total"):
+                if s.name.endswith(suffix) and all(s.labels.get(k) == v for k, v in labels.items()):
                     out[s.labels["dp_rank"]] = out.get(s.labels["dp_rank"], 0.0) + s.value
     return out
+
+
+def admissions_by_rank(base_url: str) -> dict[str, float]:
+    return by_rank(base_url)
 
 
 def report(label: str, summary: dict) -> None:
@@ -69,8 +75,10 @@ def test_dp2_workers_serve_under_the_extension_with_one_shared_service(tmp_path:
         report("dp2", summary)
         assert summary["completed"] == len(specs), summary["errors"]
         assert [r.output_len for r in records] == [s.output_len for s in specs]
-        by_rank = admissions_by_rank(srv.base_url)
-        assert set(by_rank) == {"0", "1"} and min(by_rank.values()) > 0, by_rank  # both workers, the extension's
+        admitted = admissions_by_rank(srv.base_url)
+        assert set(admitted) == {"0", "1"} and min(admitted.values()) > 0, admitted  # both workers, the extension's
+        pools = by_rank(srv.base_url, "sglang_ext:kv_pool_tokens", "", state="capacity")
+        assert set(pools) == {"0", "1"} and min(pools.values()) > 0, pools  # each worker reports its own pool
         log = srv.log_text()
         for rank in (0, 1):
             assert re.search(rf"adapter active in scheduler pid=\d+ policy=cacheopt dp_rank={rank} ", log), log[-3000:]
@@ -92,6 +100,7 @@ def test_two_extension_servers_behind_sglang_router(tmp_path: Path) -> None:
         specs = burst()
         _, alone = run_load(a.base_url, [replace(s, rid=s.rid + "-alone") for s in specs], **TIMEOUTS)
         report("one server", alone)
+        httpx.post(a.base_url + "/flush_cache", timeout=30)  # the router's run starts from cold caches too
         before = {name: admissions_by_rank(s.base_url).get("0", 0.0) for name, s in (("a", a), ("b", b))}
         records, summary = run_load(r.base_url, specs, **TIMEOUTS)
         report("router, two servers", summary)
