@@ -1,10 +1,13 @@
-"""Start and stop SGLang's router (``sglang-router``, ``python -m sglang_router.launch_router``) in front of several
-extension servers (issue 14), for the router test and the multi-server recipe in the README.
+"""Start and stop SGLang's router (the ``smg`` package, successor of ``sglang-router``: ``python -m
+smg.launch_router``) in front of several extension servers (issue 14), for the router test and the multi-server
+recipe in the README.
 
 Why SGLang's router and not our own: it is what SGLang users put in front of several servers (cache-aware routing:
 :mod:`eval.sim.routing` models its rule for the simulator). The extension needs nothing from it: each server runs
 its own scheduler, adapter and policy, and per-request SLOs travel in the request body, which the router forwards
-unchanged. The load generator (``eval.loadgen``) points at the router's URL like at a server.
+unchanged: smg 1.13 keeps ``sampling_params.custom_params`` (per-request SLOs, the EOS forcer's target) and
+``custom_logit_processor``; ``sglang-router`` 0.3.2 dropped ``custom_params`` (an invalid SLO came back 200 through
+it, 400 from the server). The load generator (``eval.loadgen``) points at the router's URL like at a server.
 
 Stopped by PID in every outcome, like :class:`eval.server.ServerProcess`: own process group, SIGTERM, then SIGKILL.
 """
@@ -55,7 +58,7 @@ class RouterProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> RouterProcess:
-        cmd = [sys.executable, "-m", "sglang_router.launch_router", *self.args, "--host", "127.0.0.1",
+        cmd = [sys.executable, "-m", "smg.launch_router", *self.args, "--host", "127.0.0.1",
                "--port", str(self.port)]  # fmt: skip
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:

@@ -3,8 +3,9 @@
 - ``--dp-size 2``: both data-parallel workers serve a burst with per-request SLOs under the extension (their
   ``sglang_ext:`` series on ``/metrics``, labelled by ``dp_rank``), the launcher started exactly one predictor
   service, and that service saw both workers by name (statistics and predictions from each).
-- Two extension servers behind SGLang's router (``sglang-router``, cache-aware policy): the load generator, pointed
-  at the router, completes every request and both servers served some under the extension.
+- Two extension servers behind SGLang's router (``smg``, cache-aware policy): the load generator, pointed at the
+  router, completes every request at its exact length (the EOS forcer's target travels in ``custom_params``, like
+  the SLOs), both servers served some under the extension, and an invalid SLO is refused through the router.
 
 Each test prints the load generator's throughput (and, for the router, one server's on the same requests); on this
 2-core machine the extra workers share the same cores, so these numbers show the set-up works, not a speed-up.
@@ -109,3 +110,6 @@ def test_two_extension_servers_behind_sglang_router(tmp_path: Path) -> None:
         after = {name: admissions_by_rank(s.base_url).get("0", 0.0) for name, s in (("a", a), ("b", b))}
         served = {k: after[k] - before[k] for k in after}
         assert min(served.values()) > 0 and sum(served.values()) >= len(specs), served  # both, under the extension
+        bad = {"text": "hi", "sampling_params": {"max_new_tokens": 4, "custom_params": {"ttft_slo_ms": -5}}}
+        refused = httpx.post(r.base_url + "/generate", json=bad, timeout=60)
+        assert refused.status_code == 400 and "ttft_slo_ms" in refused.text  # SLOs reach the servers unchanged

@@ -74,12 +74,13 @@ def spec(rid: str, prompt: int, hashes: tuple[int, ...], t: float = 0.0) -> Requ
 
 def test_cache_aware_follows_the_longest_routed_prefix_while_balanced() -> None:
     r = CacheAware(3, block_tokens=100)
-    assert r.route(spec("a", 400, (1, 2, 3, 4)), [0, 0, 0]) == 0  # empty trees: the smallest (first)
-    assert r.route(spec("b", 400, (9, 8, 7, 6)), [1, 0, 0]) == 1  # no match: the smallest tree
+    assert r.route(spec("a", 400, (1, 2, 3, 4)), [0, 0, 0]) == 0  # nothing routed yet: the least loaded (first)
+    assert r.route(spec("b", 400, (9, 8, 7, 6)), [1, 0, 0]) == 1  # no match: the least loaded
     assert r.route(spec("c", 450, (1, 2, 3, 5, 6)), [1, 1, 0]) == 0  # 300/450 matched > 0.3: where it went
-    assert r.route(spec("d", 400, (1, 7, 7, 7)), [2, 1, 0]) == 2  # 100/400 = 0.25 <= 0.3: smallest tree
-    assert r.decisions == {"imbalanced": 0, "cache_hit": 1, "cache_miss": 3}
-    assert r.tree_tokens == [400 + 150, 400, 400]  # c added its private tail to replica 0's tree
+    assert r.route(spec("d", 400, (1, 7, 7, 7)), [2, 1, 0]) == 2  # 100/400 = 0.25 <= 0.3: the least loaded
+    assert r.route(spec("e", 400, (9, 8, 7, 1)), [9, 3, 0]) == 1  # 300/400 on replica 1, busier but balanced
+    assert r.decisions == {"imbalanced": 0, "cache_hit": 2, "cache_miss": 3}
+    assert r.tree_tokens == [400 + 150, 400 + 100, 400]  # c and e added their private tails
 
 
 def test_cache_aware_balances_by_queue_when_both_thresholds_are_crossed() -> None:

@@ -1,21 +1,24 @@
 """Router policies in front of simulated replicas (issue 14): round-robin and SGLang router's cache-aware rule.
 
-``prefix`` is the rule of SGLang's router (``sglang-router`` / ``smg``, ``--policy cache_aware``, read from its
-source ``policies/cache_aware.rs`` and ``tree.rs``), with the router's defaults:
+``prefix`` is the cache-aware policy of SGLang's router as the pinned ``smg`` documents it (``--policy
+cache_aware``; docs ``concepts/routing/cache-aware.md`` and source ``policies/cache_aware.rs``), with its defaults:
 
 1. Load = requests in flight per worker (sent, not yet answered). The system is *imbalanced* when
    ``max - min > balance_abs_threshold`` (64) **and** ``max > balance_rel_threshold * min`` (1.5): then the request
    goes to the least-loaded worker (the tree still records it there).
 2. Otherwise the router matches the request against its *approximate* radix tree: one tree of the prompts it has
-   routed, each node tagged with the workers it sent them to (the router cannot see the workers' real caches). If
-   the matched share of the prompt exceeds ``cache_threshold`` (0.3) the request goes to a worker holding the
-   deepest matched node; else to the worker with the smallest tree (the least prompt text routed to it).
+   routed, each node tagged with the workers it sent them to (over HTTP the router cannot see the workers' real
+   caches). If the matched share of the prompt exceeds ``cache_threshold`` (0.3) the request goes to a worker
+   holding the deepest matched node; else to the least-loaded worker.
 
 Here the router's text is the prompt's blocks (Mooncake ``hash_ids``: equal ids = equal 512-token content; requests
-without ids have private blocks), sizes are tokens instead of characters. Among the workers holding the deepest
-node the most recently routed one is taken (the router takes the first its hash map yields). The router evicts
-least-recently-used leaves once a worker's tree passes ``max_tree_size`` (2**26 characters, ~16M tokens at ~4
-characters per token); that is not modelled (:attr:`CacheAware.largest_tree_tokens` reports how close a run came).
+without ids have private blocks), sizes are tokens instead of characters, and ties go to the lowest index. Among
+the workers holding the deepest node the most recently routed one is taken (the router takes the first its hash map
+yields). Not modelled: the tree's LRU eviction past ``max_tree_size`` (:attr:`CacheAware.largest_tree_tokens`
+reports how large a worker's tree grew), the older ``sglang-router``'s miss rule (the smallest tree instead of the
+least load), and smg 1.13's refinement of step 1 that its ``--help`` describes (a matched worker spills to the
+least-loaded one when its load exceeds the fleet mean by the thresholds, with a margin capped near two standard
+deviations of the in-flight count): its source was not available to read.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from dataclasses import dataclass, field
 from eval.workloads import RequestSpec
 
 ROUTERS = ("rr", "prefix")
-ROUTER_MAX_TREE_TOKENS = 2**26 // 4  # the router's max_tree_size in characters, at ~4 characters per token
 
 
 def request_blocks(spec: RequestSpec, block_tokens: int) -> tuple[tuple[Hashable, ...], tuple[int, ...]]:
@@ -81,7 +83,7 @@ class CacheAware:
         self.block_tokens = block_tokens
         self.s = settings or CacheAwareSettings()
         self.root = _Node(0)
-        self.tree_tokens = [0] * replicas  # tokens of the tree tagged with each replica
+        self.tree_tokens = [0] * replicas  # tokens of the tree tagged with each replica (reported, not routed on)
         self._seq = 0
         self.decisions = {"imbalanced": 0, "cache_hit": 0, "cache_miss": 0}
 
@@ -92,8 +94,9 @@ class CacheAware:
     def route(self, spec: RequestSpec, loads: Sequence[int]) -> int:
         blocks, lens = request_blocks(spec, self.block_tokens)
         hi, lo = max(loads), min(loads)
+        least = min(range(self.n), key=lambda i: (loads[i], i))
         if hi - lo > self.s.balance_abs_threshold and hi > lo * self.s.balance_rel_threshold:
-            k = min(range(self.n), key=lambda i: (loads[i], i))
+            k = least
             self.decisions["imbalanced"] += 1
         else:
             matched, holder = self._match(blocks, lens)
@@ -102,7 +105,7 @@ class CacheAware:
                 k = holder
                 self.decisions["cache_hit"] += 1
             else:
-                k = min(range(self.n), key=lambda i: (self.tree_tokens[i], i))
+                k = least
                 self.decisions["cache_miss"] += 1
         self._insert(blocks, lens, k)
         return k
