@@ -5,6 +5,7 @@ round-robin and SGLang router's cache-aware rule route as the router does; the c
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -176,3 +177,39 @@ def test_a_replica_that_admits_nothing_waits_for_its_next_arrival_as_in_run() ->
     same_records(alone.records, res.records)
     assert all(r.ok for r in res.records) and res.records[0].ttft_s > 0.5  # r0 waited for r1 (blocked)
     assert all(not r.busy() and not r.blocked for r in c.replicas)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.integers(0, 5), min_size=1, max_size=6), st.lists(st.integers(0, 200), min_size=3, max_size=3)
+        ),
+        min_size=1,
+        max_size=40,
+    )  # fmt: skip
+)
+def test_cache_aware_rule_holds_for_any_sequence(reqs) -> None:
+    """Whatever the prompts and loads: imbalanced -> the least loaded; balanced and matched above the threshold ->
+    a replica the matched prefix was routed to; else the least loaded."""
+    r = CacheAware(3, block_tokens=10)
+    sent: dict[tuple, set[int]] = {}
+    for i, (hashes, loads) in enumerate(reqs):
+        s = spec(f"q{i}", 10 * len(hashes), tuple(hashes))
+        s = replace(s, prefix_block_tokens=10)
+        blocks = tuple(hashes)
+        holders, depth = set(), 0
+        for d in range(len(blocks), 0, -1):
+            if blocks[:d] in sent:
+                holders, depth = sent[blocks[:d]], d
+                break
+        k = r.route(s, loads)
+        least = min(range(3), key=lambda j: (loads[j], j))
+        if max(loads) - min(loads) > 64 and max(loads) > 1.5 * min(loads):
+            assert k == least
+        elif depth * 10 > 0.3 * s.prompt_len:
+            assert k in holders
+        else:
+            assert k == least
+        for d in range(1, len(blocks) + 1):
+            sent.setdefault(blocks[:d], set()).add(k)
