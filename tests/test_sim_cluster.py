@@ -179,16 +179,13 @@ def test_a_replica_that_admits_nothing_waits_for_its_next_arrival_as_in_run() ->
     assert all(not r.busy() and not r.blocked for r in c.replicas)
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    st.lists(
-        st.tuples(
-            st.lists(st.integers(0, 5), min_size=1, max_size=6), st.lists(st.integers(0, 200), min_size=3, max_size=3)
-        ),
-        min_size=1,
-        max_size=40,
-    )  # fmt: skip
+PROMPT_AND_LOADS = st.tuples(
+    st.lists(st.integers(0, 5), min_size=1, max_size=6), st.lists(st.integers(0, 200), min_size=3, max_size=3)
 )
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(PROMPT_AND_LOADS, min_size=1, max_size=40))
 def test_cache_aware_rule_holds_for_any_sequence(reqs) -> None:
     """Whatever the prompts and loads: imbalanced -> the least loaded; balanced and matched above the threshold ->
     a replica the matched prefix was routed to; else the least loaded."""
