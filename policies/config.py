@@ -133,6 +133,12 @@ class CacheOptConfig:
     swap_block_overhead_us: float = opt(1.0, "C5: fixed cost per swapped block per direction, microseconds.")
     swap_space_tokens: int = opt(65536, "C5: host memory for swapped-out KV, in tokens (0: never swap, recompute).")
     waiting_window: int = opt(32, "C2: waiting requests considered per iteration (bounds plan() cost).")
+    late_last: bool = opt(
+        True,
+        "C2: requests that can still meet their TTFT SLO are picked before those that cannot "
+        "(the late ones oldest first); off: least slack first, late ones included.",
+    )
+    starve_s: float = opt(30.0, "C2: a late request waiting longer than this (s) is picked before all others.")
     mixed_chunk: bool = opt(False, "Batching: decodes ride along with prefill chunks (off: SGLang's alternation).")
 
     def __post_init__(self) -> None:
@@ -148,6 +154,7 @@ class CacheOptConfig:
         _check(self.swap_block_overhead_us >= 0, "--ext-cacheopt-swap-block-overhead-us", "must be >= 0")
         _check(self.swap_space_tokens >= 0, "--ext-cacheopt-swap-space-tokens", "must be >= 0")
         _check(self.waiting_window > 0, "--ext-cacheopt-waiting-window", "must be > 0")
+        _check(self.starve_s > 0, "--ext-cacheopt-starve-s", "must be > 0")
 
 
 @dataclass(frozen=True)

@@ -193,3 +193,14 @@ def test_order_resumed_first_then_least_ttft_slack() -> None:
 def test_order_no_slos_is_queue_order_and_window_bounds_it() -> None:
     w = [waiting(str(i), arrival=float(10 - i)) for i in range(10)]
     assert [x.rid for x in order_waiting(w, 0.0, window=3, latency=LAT)] == ["0", "1", "2"]
+
+
+def test_late_requests_go_after_those_that_can_still_be_on_time() -> None:
+    queue = [waiting(f"old{i}", arrival=50.0 + i, ttft_ms=2000) for i in range(40)]  # waited 11-50 s: all late
+    queue.append(waiting("new", arrival=99.5, ttft_ms=2000))  # still on time at t = 100
+    queue.append(waiting("starving", arrival=0.0, ttft_ms=2000))  # (a re-queued old request at the back)
+    got = [w.rid for w in order_waiting(queue, now_s=100.0, window=8, latency=LAT, late_last=True, starve_s=60)]
+    assert got[0] == "starving" and got[1] == "new"  # starving first, then the one that can still make it
+    assert got[2:] == sorted(got[2:], key=lambda r: int(r[3:]))  # the late ones oldest first
+    plain = [w.rid for w in order_waiting(queue, now_s=100.0, window=8, latency=LAT)]
+    assert "new" not in plain  # without late_last only the head of the queue is considered

@@ -78,18 +78,30 @@ def order_waiting(
     window: int,
     latency: LatencyModel,
     prefill_memo: dict[tuple[str, int, int], float] | None = None,
+    late_last: bool = False,
+    starve_s: float = math.inf,
 ) -> list[WaitingView]:
-    """The first ``window`` waiting requests (host queue order: arrival, preempted first) in C2's pick order.
+    """Up to ``window`` waiting requests in C2's pick order (CacheOPT picks waiting requests "with their TTFT and TBT
+    SLOs in view").
 
     Key, ascending: resumed requests first (they already streamed tokens, so every waiting moment is a stall against
     their TBT SLO), then least TTFT slack (deadline - now - predicted prefill time; no TTFT SLO = infinite slack),
-    then tighter TBT SLO, then arrival. Only a bounded prefix of the queue is looked at per iteration so the cost
-    does not grow with the queue (the plan() budget is 100 us at 1,000 waiting). A request's predicted prefill time
-    does not change while it waits, so ``prefill_memo`` (kept by the caller) computes it once per request.
+    then tighter TBT SLO, then arrival. With ``late_last`` a request whose TTFT deadline can no longer be met goes
+    after every request that can still meet its own (oldest first among the late), unless it has waited
+    ``starve_s``; the candidates are then the oldest and the newest ``window / 2`` of the queue, since under
+    overload the requests that can still be on time are the newest. Only a bounded part of the queue is looked at
+    per iteration so the cost does not grow with the queue. A request's predicted prefill time does not change while
+    it waits, so ``prefill_memo`` (kept by the caller) computes it once per request.
     """
-    head = waiting[:window]
+    if late_last and len(waiting) > window:
+        half = max(window // 2, 1)
+        tail = waiting[-half:]
+        seen = {w.rid for w in tail}
+        head = [w for w in waiting[: window - len(tail)] if w.rid not in seen] + list(tail)
+    else:
+        head = list(waiting[:window])
     if not any(w.slo.ttft_ms is not None or w.output_len for w in head):
-        return list(head)  # no SLOs and no resumed requests: queue (FCFS) order
+        return head  # no SLOs and no resumed requests: queue (FCFS) order
     memo = prefill_memo if prefill_memo is not None else {}
     if len(memo) > 8 * window:
         memo.clear()
@@ -111,7 +123,11 @@ def order_waiting(
             if t is None:
                 t = memo[k] = latency.prefill_s(max(k[1], 0), ctx)
             slack = w.arrival_s + ttft * 1e-3 - now_s - t
-        keyed.append(((1, slack, tbt, w.arrival_s), w))
+        if late_last and slack < 0:
+            tier = 1 if now_s - w.arrival_s >= starve_s else 3
+            keyed.append(((tier, w.arrival_s, tbt, w.arrival_s), w))
+        else:
+            keyed.append(((2 if late_last else 1, slack, tbt, w.arrival_s), w))
     keyed.sort(key=_first)
     return [w for _, w in keyed]
 

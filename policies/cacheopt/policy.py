@@ -103,7 +103,9 @@ class CacheOptPolicy(Policy):
         self.gate.on_finish(rid)
 
     def _candidates(self, view: SchedulerView) -> list[WaitingView]:
-        ordered = order_waiting(view.waiting, view.now_s, self.cfg.waiting_window, self.latency, self._prefill_memo)
+        cfg = self.cfg
+        ordered = order_waiting(view.waiting, view.now_s, cfg.waiting_window, self.latency, self._prefill_memo,
+                                late_last=cfg.late_last, starve_s=cfg.starve_s)  # fmt: skip
         chunked = view.chunked_rid
         if chunked is None:
             return ordered
