@@ -195,13 +195,16 @@ async def read_preemptions(run: _Run, names: tuple[str, ...] = PREEMPTION_METRIC
 
 
 async def _vocab_size(run: _Run) -> int:
-    """The served model's vocabulary, from its ``config.json`` (server and client share the machine here)."""
-    where = "/model_info"
-    try:
-        where = json.loads((await _get(run, "/model_info", 10.0))[1])["model_path"]
-        return int(json.loads((Path(where) / "config.json").read_text())["vocab_size"])
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, KeyError, TypeError) as e:
-        raise LoadgenError(f"cannot read the served model's vocab size ({where}: {e}); pass vocab_size") from None
+    """The served model's vocabulary, from its ``config.json`` (server and client share the machine here). SGLang
+    serves ``/model_info`` and ``/get_model_info``; SGLang's router forwards only the latter, so both are tried."""
+    errors = []
+    for where in ("/model_info", "/get_model_info"):
+        try:
+            path = json.loads((await _get(run, where, 10.0))[1])["model_path"]
+            return int(json.loads((Path(path) / "config.json").read_text())["vocab_size"])
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, KeyError, TypeError) as e:
+            errors.append(f"{where}: {e}")
+    raise LoadgenError(f"cannot read the served model's vocab size ({'; '.join(errors)}); pass vocab_size")
 
 
 async def _one(run: _Run, spec: RequestSpec, body: dict[str, Any] | None, rec: RequestRecord, cfg: LoadOptions) -> None:

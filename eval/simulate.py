@@ -4,6 +4,10 @@ summary JSON (eval.metrics schema) and optionally per-request JSON lines.
 Why a CLI with SGLang's flag names: the same ``--ext-*`` flags configure the policies here and in the SGLang
 plugin (generated from ``policies.config.flat_fields()``), so a simulated configuration is replayable on the
 real server unchanged. Unknown policy, profile or workload names exit with one line listing the valid ones.
+
+``--replicas N --router {rr,prefix}`` runs N replicas (each its own simulator, pool and policy) behind a router:
+round-robin, or SGLang router's cache-aware rule (:mod:`eval.sim.routing`); the summary is the cluster's (all
+requests together) with a ``cluster`` section per replica (:mod:`eval.sim.cluster`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from pathlib import Path
 import profiles
 from eval.metrics import write_records
 from eval.sim import Simulator, make_policy
+from eval.sim.cluster import Cluster
+from eval.sim.routing import ROUTERS
+from eval.slo import parse_slo
 from eval.workloads import available_workloads, load_workload
 from policies import base
 from policies.config import POLICY_CHOICES, ConfigError, ExtConfig, flat_fields, from_flat
@@ -45,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--host-tokens", type=int, default=None, help="host memory for swapped KV (default 4x pool)")
     ap.add_argument("--scale", type=float, default=1.0, help="divide every workload length by this")
     ap.add_argument("--max-context", type=int, default=None, help="clip prompt + output to this many tokens")
+    ap.add_argument("--slo", default="none", help="SLO spec (eval.slo): none, default, abs:TTFT_MS:TBT_MS, classes; "
+                    "relative ('<k>x') SLOs are multiples of the request's isolated latency on --profile")  # fmt: skip
+    ap.add_argument("--replicas", type=int, default=1, help="replicas behind the router (each with the profile's "
+                    "pool; --rate is the whole cluster's)")  # fmt: skip
+    ap.add_argument("--router", default="rr", choices=ROUTERS, help="with --replicas > 1: rr = round-robin, prefix = "
+                    "SGLang router's cache-aware rule (longest routed prefix, load-balance thresholds)")  # fmt: skip
     for flag, _section, f in flat_fields():
         kind = type(f.default)
         conv = _bool if kind is bool else kind
@@ -77,27 +90,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             scale=args.scale,
             max_context=args.max_context,
+            slo=parse_slo(args.slo, profile, None),
         )
         page = args.page_size or (1 if args.profile.startswith("cpu") else 16)
-        policy = make_policy(args.policy, profile, cfg, page_size=page)
+        if args.replicas < 1:
+            raise ValueError(f"--replicas: must be >= 1, got {args.replicas}")
+
+        def replica(_i: int = 0) -> Simulator:
+            return Simulator(make_policy(args.policy, profile, cfg, page_size=page), profile,
+                             pool_tokens=args.pool_tokens or profile.kv_capacity_tokens, page_size=page,
+                             host_tokens=args.host_tokens)  # fmt: skip
+
+        sim = replica()
     except (ValueError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    sim = Simulator(
-        policy,
-        profile,
-        pool_tokens=args.pool_tokens or profile.kv_capacity_tokens,
-        page_size=page,
-        host_tokens=args.host_tokens,
-    )
-    res = sim.run(specs)
-    Path(args.out).write_text(json.dumps(res.summary, indent=2) + "\n")
+    if args.replicas > 1:
+        make = lambda i: sim if i == 0 else replica(i)  # noqa: E731 - replica 0 is the one already built
+        cres = Cluster(make, args.replicas, args.router, rate_scope=cfg.predictor.rate_scope).run(specs)
+        summary, records, s = cres.to_json(), cres.records, cres.stats
+    else:
+        res = sim.run(specs)
+        summary, records, s = res.summary, res.records, res.stats
+    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
     if args.requests_out:
-        write_records(args.requests_out, res.records)
-    s = res.stats
+        write_records(args.requests_out, records)
+    where = f"{args.replicas} x {args.profile}, router {args.router}" if args.replicas > 1 else args.profile
     print(
-        f"{args.policy} on {args.workload} @ {args.rate} req/s ({args.profile}): {res.summary['completed']}/"
-        f"{res.summary['submitted']} completed, {s.iterations} iterations, {s.preemptions} preemptions "
+        f"{args.policy} on {args.workload} @ {args.rate} req/s ({where}): {summary['completed']}/"
+        f"{summary['submitted']} completed, {s.iterations} iterations, {s.preemptions} preemptions "
         f"({s.swaps_out} swaps), {s.rejected} rejected, {s.aborted} aborted, {s.cache_hit_tokens} cache-hit tokens",
         file=sys.stderr,
     )

@@ -91,6 +91,11 @@ class PredictorConfig:
     rule: str = opt("paper", "Confidence rule: paper (alpha/(1+beta*rate)) or overcommit (expected overrun fits "
                     "the reserve).", ("paper", "overcommit"))  # fmt: skip
     refit_every: int = opt(50, "The service refits its conformal calibration every N finished requests.")
+    rate_scope: str = opt("worker", "Arrival rate C1's confidence and the pool rule read when several workers serve "
+                          "(--dp-size N, servers sharing one predictor service, simulator replicas): worker = this "
+                          "worker's own arrivals (what competes for its KV pool, as for one server alone); cluster "
+                          "= all workers' (the predictor service's sum; in the simulator every replica's "
+                          "arrivals).", ("worker", "cluster"))  # fmt: skip
 
     def __post_init__(self) -> None:
         _check(self.refit_every > 0, "--ext-predictor-refit-every", f"must be > 0, got {self.refit_every}")

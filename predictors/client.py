@@ -21,6 +21,11 @@ are idempotent (a duplicate overwrites), so nothing is lost and nothing fails. T
 reserve tokens) expires ``reservation_ttl_s`` after it was received: a silent service cannot pin the pool to a stale
 decision; :meth:`reservation` then returns None and the host uses its configured default.
 
+Several workers (SGLang's ``--dp-size N``, servers behind a router) may share one service: ``worker`` names this
+scheduler in every predict and stats message, so the service keeps its pool, rate, confidence and reserve apart
+from the others'; :meth:`cluster_rate` is the service's sum of all live workers' arrival rates (for C1 with
+``rate_scope="cluster"``), and it expires with the reservation.
+
 Feedback: :meth:`report_finish` sends the exact final output length the host gives (an integer; anything else is
 refused here, counted in ``finish_invalid``, and not sent).
 """
@@ -28,6 +33,7 @@ refused here, counted in ``finish_invalid``, and not sent).
 from __future__ import annotations
 
 import logging
+import math
 import operator
 import time
 from collections import Counter, OrderedDict
@@ -46,12 +52,16 @@ log = logging.getLogger("predictors.client")
 class PredictorClient:
     def __init__(self, endpoint: str, fallback: str = "max_new_tokens", ping_interval_s: float = 0.25,
                  dead_after_s: float = 1.0, hwm: int = 10000, max_known: int = 100_000,
-                 reservation_ttl_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+                 reservation_ttl_s: float = 2.0, clock: Callable[[], float] = time.monotonic,
+                 worker: str = "") -> None:  # fmt: skip
         if fallback not in ("max_new_tokens", "mean"):
             raise ValueError(f"--ext-predictor-fallback: unknown fallback {fallback!r}")
         self.endpoint, self.fallback_kind, self.hwm, self.max_known = endpoint, fallback, hwm, max_known
         self.ping_interval_s, self.dead_after_s, self.clock = ping_interval_s, dead_after_s, clock
         self.reservation_ttl_s = reservation_ttl_s
+        if not isinstance(worker, str) or len(worker) > MAX_NAME:
+            raise ValueError(f"predictor client: worker name must be a string of at most {MAX_NAME} characters")
+        self.worker = worker
         self.ctx = zmq.Context.instance()
         self.sock: zmq.Socket | None = None
         self.outstanding: OrderedDict[str, dict[str, Any]] = OrderedDict()  # rid -> predict item, until answered
@@ -62,6 +72,7 @@ class PredictorClient:
         self.instance: str | None = None
         self.fallback_bound: int | None = None
         self._reservation: tuple[float, int] | None = None
+        self._cluster_rate: float | None = None
         self._asked_at: float | None = None  # first send since the service last said anything (silence clock)
         self._last_connect = self._last_ping = self.clock()
         self._connect()
@@ -114,7 +125,7 @@ class PredictorClient:
                 item["text"] = text if text is not None else ""
             self.outstanding[rid] = item
             self.counters["submitted"] += 1
-            if not self._send({"v": VERSION, "type": "predict", "items": [item]}):
+            if not self._send({"v": VERSION, "type": "predict", "worker": self.worker, "items": [item]}):
                 self.unsent.add(rid)
         except Exception as e:  # never raise into the scheduler
             self.counters["client_errors"] += 1
@@ -175,10 +186,15 @@ class PredictorClient:
             self.counters["client_errors"] += 1
             log.warning("predictor report_finish %s failed: %s", rid, e)
 
-    def push_stats(self, arrival_rate: float, capacity_tokens: int, used_tokens: int, running: int) -> None:
-        """Send pool statistics; the reply (confidence, reserve tokens) is read by :meth:`reservation`."""
+    def push_stats(self, arrival_rate: float, capacity_tokens: int, used_tokens: int, running: int,
+                   rate_scope: str = "worker") -> None:  # fmt: skip
+        """Send this worker's pool statistics and its own arrival rate; the reply (confidence, reserve tokens, the
+        cluster rate) is read by :meth:`reservation` and :meth:`cluster_rate`. ``rate_scope="cluster"``: the service
+        sets this worker's confidence from the cluster rate."""
         pool = {"capacity_tokens": int(capacity_tokens), "used_tokens": int(used_tokens), "running": int(running)}
-        if not self._send({"v": VERSION, "type": "stats", "arrival_rate": float(arrival_rate), "pool": pool}):
+        msg = {"v": VERSION, "type": "stats", "worker": self.worker, "rate_scope": rate_scope,
+               "arrival_rate": float(arrival_rate), "pool": pool}  # fmt: skip
+        if not self._send(msg):
             self.counters["stats_dropped"] += 1  # stats are periodic: the next push replaces this one
 
     def reservation(self) -> tuple[float, int] | None:
@@ -186,11 +202,16 @@ class PredictorClient:
         the service has left a message unanswered for ``reservation_ttl_s`` (it went silent: the host falls back to
         its default). An idle host that asks nothing does not make the service look silent."""
         if self._reservation is not None and self.silence() > self.reservation_ttl_s:
-            self._reservation = None
+            self._reservation = self._cluster_rate = None
             self.counters["reservation_expired"] += 1
             log.warning("predictor reservation expired (no reply for %.1fs): back to the configured default",
                         self.reservation_ttl_s)  # fmt: skip
         return self._reservation
+
+    def cluster_rate(self) -> float | None:
+        """The service's last sum of all live workers' arrival rates (requests/s); None before any reservation
+        reply and once the reservation expired (the host then uses its own rate)."""
+        return self._cluster_rate if self.reservation() is not None else None
 
     def close(self) -> None:
         if self.sock is not None:
@@ -237,6 +258,9 @@ class PredictorClient:
         elif t == "reservation":
             try:
                 self._reservation = (float(msg["conf"]), int(msg["reserve_tokens"]))
+                cr = msg.get("cluster_rate")
+                ok = isinstance(cr, (int, float)) and not isinstance(cr, bool) and math.isfinite(cr) and cr >= 0
+                self._cluster_rate = float(cr) if ok else None
             except (KeyError, TypeError, ValueError, OverflowError):
                 self.counters["bad_replies"] += 1
         elif t == "error":
@@ -275,7 +299,8 @@ class PredictorClient:
         self.unsent.clear()
         for i in range(0, len(rids), max_batch):
             chunk = rids[i : i + max_batch]
-            if self._send({"v": VERSION, "type": "predict", "items": [self.outstanding[r] for r in chunk]}):
+            items = [self.outstanding[r] for r in chunk]
+            if self._send({"v": VERSION, "type": "predict", "worker": self.worker, "items": items}):
                 self.counters["resent"] += len(chunk)
             else:
                 self.unsent.update(rids[i:])

@@ -3,24 +3,35 @@
 
 Requests (client DEALER -> service ROUTER)::
 
-    {v:2, type:"predict", items:[{rid:str, text?:str, token_ids?:[int], max_new_tokens:int,
-                                  source?:str, class?:str}]}
-    {v:2, type:"stats", arrival_rate:float, pool:{capacity_tokens:int, used_tokens:int, running:int}}
+    {v:2, type:"predict", worker?:str, items:[{rid:str, text?:str, token_ids?:[int], max_new_tokens:int,
+                                               source?:str, class?:str}]}
+    {v:2, type:"stats", worker?:str, rate_scope?:"worker"|"cluster", arrival_rate:float,
+     pool:{capacity_tokens:int, used_tokens:int, running:int}}
     {v:2, type:"finish", rid:str, output_len:int}
     {v:2, type:"ping", t?:float}
 
 Replies (service -> client)::
 
     {v:2, type:"predict", levels:[float], items:[{rid, point, bound, conf, q:[float]}], errors:[{rid, error}]}
-    {v:2, type:"reservation", conf, reserve_tokens, arrival_rate, refused}
+    {v:2, type:"reservation", conf, reserve_tokens, arrival_rate, refused, worker, cluster_rate, workers}
     {v:2, type:"ack", rid}
-    {v:2, type:"pong", t, instance, model, bound, conf, fallback_bound, levels, counters, refused, calibration}
+    {v:2, type:"pong", t, instance, model, bound, conf, fallback_bound, levels, counters, refused, calibration,
+     workers:{name: {arrival_rate, conf, reserve_tokens, capacity_tokens, used_tokens, running, stats, predictions,
+                     age_s}}}
     {v:2, type:"error", error:<code>, detail:str, rid?}
 
 ``q`` are the request's calibrated quantiles of its *total* output length at ``levels`` (monotone, capped at
 ``max_new_tokens``); ``bound`` is the quantile at the service's current confidence ``conf``. ``source`` names who
 answers (a model the predictor was trained on, e.g. ``alpacaeval_gpt4_0314``; else ignored); ``class`` (default:
 ``source``) names the calibration class the finish feedback adapts.
+
+``worker`` (optional, default ``""``) names the scheduler that sends the message when several share one service
+(SGLang's ``--dp-size N`` workers, or several servers behind a router): each worker's pool statistics, arrival rate,
+confidence and reserve are its own, and a predict is answered at its sender's confidence. ``cluster_rate`` is the
+sum of the arrival rates of the workers heard from in the last ``WORKER_TTL_S`` seconds; with
+``rate_scope:"cluster"`` the worker's confidence is computed from it instead of its own rate. Calibration is shared
+(every worker serves the same model, so every finish teaches all). A v2 peer without these fields is the worker
+``""`` and sees the behaviour of a single-worker service.
 
 Error codes: ``oversized`` (frame above the limit), ``malformed`` (not msgpack / not a map / several frames / wrong
 field types), ``encoding`` (invalid UTF-8), ``version`` (``v`` is not 2: v1 had no quantiles), ``type`` (unknown
@@ -42,6 +53,9 @@ MAX_RID = 512  # characters of a request id
 MAX_NAME = 128  # characters of a source / class name
 MAX_TOKENS = 1 << 40  # any token count above this is not a real request
 MAX_RATE = 1e7  # requests/s
+MAX_WORKERS = 4096  # distinct worker names a service keeps state for (the least recently heard is dropped)
+WORKER_TTL_S = 10.0  # a worker silent this long no longer counts in the cluster rate
+RATE_SCOPES = ("worker", "cluster")
 TYPES = ("predict", "stats", "finish", "ping")
 REPLY_TYPES = ("predict", "reservation", "ack", "pong", "error")
 
@@ -114,6 +128,14 @@ def name_of(d: dict[str, Any], key: str) -> str | None:
         return None
     if not isinstance(x, str) or not 0 < len(x) <= MAX_NAME:
         raise ProtocolError("item", f"{key} must be a string of 1..{MAX_NAME} characters")
+    return x
+
+
+def worker_of(msg: dict[str, Any]) -> str:
+    """The message's ``worker`` name (``""`` when absent), or ProtocolError('malformed', ...)."""
+    x = msg.get("worker", "")
+    if not isinstance(x, str) or len(x) > MAX_NAME:
+        raise ProtocolError("malformed", f"worker must be a string of at most {MAX_NAME} characters")
     return x
 
 

@@ -15,6 +15,10 @@ log line and a ``refused`` counter (by code, in every pong and reservation reply
 caught per message (code ``internal``). State stays bounded: remembered predictions and calibration classes are
 capped.
 
+Several schedulers may share one service (SGLang's ``--dp-size N`` workers, servers behind SGLang's router): each
+names itself in the ``worker`` field, and its pool statistics, arrival rate, confidence and reserve are kept apart
+(:mod:`predictors.workers`); the calibration is shared.
+
 Online feedback (C1): a ``finish`` with the exact final length updates the calibration of the request's class and
 of ``"*"`` at once (quantile tracking, :class:`~predictors.calibration.OnlineCalibrator`). For the single-bound kinds
 (``--bound`` other than ``conformal``) the :mod:`predictors.bounds` calibration is also refit every ``refit_every``
@@ -30,8 +34,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter, OrderedDict, deque
@@ -41,16 +43,17 @@ from typing import Any
 import numpy as np
 import zmq
 
-from predictors.bounds import BOUND_KINDS, Calibration, PoolStats, reservation_decision
+from predictors.bounds import BOUND_KINDS, Calibration, PoolStats
 from predictors.calibration import OnlineCalibrator, StaticCalibration, quantile_at
 from predictors.features import FeatureError, Features
 from predictors.model import LengthModel
+from predictors.process import spawn, wait_ready
 from predictors.protocol import (
     MAX_FRAME_BYTES,
     MAX_ITEMS,
     MAX_RATE,
     MAX_TOKENS,
-    REPLY_TYPES,
+    RATE_SCOPES,
     VERSION,
     ProtocolError,
     error,
@@ -58,8 +61,12 @@ from predictors.protocol import (
     pack,
     prompt_of,
     unpack,
+    worker_of,
 )
 from predictors.train import RESIDUALS_FILE
+from predictors.workers import WorkerTable
+
+__all__ = ["SHIPPED_MODEL", "PredictorService", "main", "spawn", "wait_ready"]
 
 log = logging.getLogger("predictors.service")
 MAX_TEXT_CHARS = 65536  # longer texts: tokenize head+tail only and scale the count (a 100k-token prompt costs ~1 ms)
@@ -88,8 +95,9 @@ class PredictorService:
         res = json.loads(res_path.read_text()) if res_path.exists() else {"point": [], "spread": [], "true": []}
         self.offline = tuple(np.asarray(res[k], dtype=np.float64) for k in ("point", "spread", "true"))
         self.endpoint, self.bound, self.alpha, self.beta, self.rule = endpoint, bound, alpha, beta, rule
-        self.conf = alpha
+        self.conf = alpha  # the last decision made (for any worker); per-worker decisions live in self.workers
         self.reserve_tokens = 0
+        self.workers = WorkerTable(alpha)
         self.refit_every, self.max_frame_bytes, self.max_drain = refit_every, max_frame_bytes, max_drain
         self.issued: OrderedDict[str, tuple[float, float, int]] = OrderedDict()  # rid -> (point, spread, bound)
         self.feedback: deque[tuple[float, float, float]] = deque(maxlen=window)
@@ -195,24 +203,38 @@ class PredictorService:
                     "bound": self.bound, "conf": self.conf, "fallback_bound": self.fallback_bound,
                     "levels": self.levels, "counters": dict(self.counters), "refused": self.refused_summary(),
                     "calibration": {"step": self.online.step_now(), "lag": round(self.online.lag, 3),
-                                    "classes": self.online.coverage()}}  # fmt: skip
+                                    "classes": self.online.coverage()},
+                    "workers": self.workers.summary()}  # fmt: skip
         if t == "stats":
             return self._stats(msg)
         return self._finish(msg)
 
     def _stats(self, msg: dict[str, Any]) -> dict[str, Any]:
-        """A new (confidence, reserve) decision from pool statistics; a bad field refuses the whole message and
-        leaves the previous decision in force."""
+        """A new (confidence, reserve) decision for the sending worker from its pool statistics; a bad field
+        refuses the whole message and leaves that worker's previous decision in force."""
+        worker = worker_of(msg)
+        scope = msg.get("rate_scope", "worker")
+        if scope not in RATE_SCOPES:
+            raise ProtocolError("malformed", f"rate_scope must be one of {', '.join(RATE_SCOPES)}")
         rate = number(msg, "arrival_rate", 0.0, MAX_RATE)
         pool = msg.get("pool")
         cap = number(pool, "capacity_tokens", 0, MAX_TOKENS, integer=True, where="pool.")
         used = number(pool, "used_tokens", 0, MAX_TOKENS, integer=True, where="pool.")
         running = number(pool, "running", 0, MAX_TOKENS, integer=True, where="pool.")
-        stats = PoolStats(int(cap), int(used), int(running), tuple(self.overruns))
-        self.conf, self.reserve_tokens = reservation_decision(rate, stats, self.alpha, self.beta, self.rule)
+        w = self.workers.decide(
+            worker,
+            scope,
+            rate,
+            PoolStats(int(cap), int(used), int(running), tuple(self.overruns)),
+            self.alpha,
+            self.beta,
+            self.rule,
+        )
+        self.conf, self.reserve_tokens = w.conf, w.reserve_tokens
         self.counters["stats"] += 1
-        return {"v": VERSION, "type": "reservation", "conf": self.conf, "reserve_tokens": self.reserve_tokens,
-                "arrival_rate": rate, "refused": sum(self.refused.values())}  # fmt: skip
+        return {"v": VERSION, "type": "reservation", "conf": w.conf, "reserve_tokens": w.reserve_tokens,
+                "arrival_rate": rate, "refused": sum(self.refused.values()), "worker": worker,
+                "cluster_rate": self.workers.cluster_rate(), "workers": len(self.workers.live())}  # fmt: skip
 
     def _finish(self, msg: dict[str, Any]) -> dict[str, Any]:
         rid = msg.get("rid")
@@ -245,7 +267,13 @@ class PredictorService:
     def _predict(self, reqs: list[tuple[bytes, dict[str, Any]]]) -> None:
         rows: list[tuple[int, str, str | None, list[int] | None, int, str | None, str | None]] = []
         errors: list[list[dict[str, str]]] = [[] for _ in reqs]
+        names = [""] * len(reqs)
         for k, (ident, msg) in enumerate(reqs):
+            try:
+                names[k] = worker_of(msg)
+            except ProtocolError as e:
+                self._error(ident, e.code, e.detail)
+                continue
             items = msg.get("items")
             if not isinstance(items, list) or len(items) > MAX_ITEMS:
                 self._error(ident, "malformed", f"predict needs a list of at most {MAX_ITEMS} items")
@@ -260,27 +288,34 @@ class PredictorService:
                     self.refused["item"] += 1
         ok, F, plen = self._features(rows, errors)
         out: list[list[dict[str, Any]]] = [[] for _ in reqs]
+        confs = [self.workers.conf(n) for n in names]  # each message is answered at its sender's confidence
         if ok:
             sel = [rows[i] for i in ok]
             pred = self.model.predict_features(F, [r[5] for r in sel])
             mnt = np.array([r[4] for r in sel], dtype=np.float64)
             dist = np.minimum(self.online.issue([r[1] for r in sel], pred.log_quantiles, [r[6] for r in sel]),
                               mnt[:, None])  # fmt: skip
-            conf = self.conf
-            if self.bound == "conformal":
-                bounds = np.clip(np.ceil(quantile_at(dist, self.levels, conf)), 1, mnt).astype(np.int64)
-            else:
-                bounds = self.calib.bounds(self.bound, pred.point, pred.spread, plen, mnt, conf)
+            conf_of = np.array([confs[r[0]] for r in sel])
+            bounds = np.zeros(len(sel), dtype=np.int64)
+            for conf in np.unique(conf_of):  # one vectorised pass per distinct worker confidence
+                m = conf_of == conf
+                if self.bound == "conformal":
+                    bounds[m] = np.clip(np.ceil(quantile_at(dist[m], self.levels, conf)), 1, mnt[m])
+                else:
+                    bounds[m] = self.calib.bounds(self.bound, pred.point[m], pred.spread[m], plen[m], mnt[m], conf)
             raw_point, raw_spread = pred.point.tolist(), pred.spread.tolist()
             points = np.minimum(np.maximum(np.rint(dist[:, 0]), 1), bounds).astype(np.int64).tolist()
             qs, bl = dist.round(1).tolist(), bounds.tolist()
             for j, r in enumerate(sel):
                 self.issued.pop(r[1], None)
                 self.issued[r[1]] = (raw_point[j], raw_spread[j], bl[j])
-                out[r[0]].append({"rid": r[1], "point": points[j], "bound": bl[j], "conf": conf, "q": qs[j]})
+                out[r[0]].append({"rid": r[1], "point": points[j], "bound": bl[j], "conf": confs[r[0]], "q": qs[j]})
             while len(self.issued) > MAX_ISSUED:
                 self.issued.popitem(last=False)
             self.counters["predictions"] += len(ok)
+            for k, n in enumerate(names):
+                if out[k]:
+                    self.workers.touch(n).predictions += len(out[k])
             self.counters["batches"] += 1
         for k, (ident, _) in enumerate(reqs):
             if out[k] or errors[k]:
@@ -326,34 +361,6 @@ class PredictorService:
 
     def stop(self, *_: Any) -> None:
         self._stop = True
-
-
-def spawn(model_dir: str, endpoint: str, *extra: str, log_path: str | None = None) -> subprocess.Popen:
-    """Start the service as a child process (the plugin's way to get one beside the server)."""
-    root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
-    cmd = [sys.executable, "-m", "predictors.service", "--model", model_dir, "--endpoint", endpoint, *extra]
-    return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def wait_ready(endpoint: str, timeout_s: float = 10.0) -> dict[str, Any] | None:
-    """Ping until a pong comes back; the pong (service identity, counters) or None after ``timeout_s``."""
-    ctx = zmq.Context.instance()
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.connect(endpoint)
-    end = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < end:
-            s.send(pack({"v": VERSION, "type": "ping", "t": time.monotonic()}), zmq.NOBLOCK)
-            if s.poll(100):
-                msg = unpack(s.recv(), types=REPLY_TYPES)
-                if msg["type"] == "pong":
-                    return msg
-        return None
-    finally:
-        s.close(0)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,6 +41,7 @@ PREFIX = "sglang_ext:"
 LABELS = ("model_name", "policy", "dp_rank")
 MODES = tuple(m.value for m in PreemptMode)
 COVERAGE = ("covered", "exceeded", "none")
+POOL_STATES = ("capacity", "free", "evictable")
 BUDGET_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 DECISION_BUCKETS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 PREDICTOR_BUCKETS = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -95,6 +96,10 @@ class ExtMetrics:
         self.topup_tokens = counter("topup_tokens", "KV tokens added by top-ups (C3).")
         self.reserve = Gauge(PREFIX + "reserve_tokens", "Global reserve level after the last plan (C3).", LABELS,
                              multiprocess_mode="mostrecent", registry=registry)  # fmt: skip
+        self.pool_tokens = Gauge(PREFIX + "kv_pool_tokens", "This worker's KV pool at the last plan, by state "
+                                 "(capacity, physically free, evictable radix cache): with --dp-size each worker has "
+                                 "its own pool.", (*LABELS, "state"), multiprocess_mode="mostrecent",
+                                 registry=registry)  # fmt: skip
         self.preemptions = counter("preemptions", "Requests SGLang preempted, by the mode C5 chose.", ("mode",))
         self.preempted_tokens = counter("preempted_tokens", "KV tokens of preempted requests (own, not the shared "
                                         "prefix), by mode.", ("mode",))  # fmt: skip
@@ -157,6 +162,9 @@ class ExtMetrics:
             self.topup_tokens.labels(**lab).inc(sum(max(t, 0) for _, t in plan.topups))
         reserve = plan.notes.get("reserve_left", view.pool.reserve_tokens)
         self.reserve.labels(**lab).set(float(reserve))
+        pool = view.pool
+        for state, n in zip(POOL_STATES, (pool.capacity_tokens, pool.free_tokens, pool.evictable_tokens), strict=True):
+            self.pool_tokens.labels(**lab, state=state).set(float(n))
         if plan.token_budget is not None:
             self.chunk_budget.labels(**lab).observe(float(plan.token_budget))
         self.decision_seconds.labels(**lab).observe(max(float(decision_s), 0.0))

@@ -9,6 +9,14 @@ Launcher: an AFTER hook on ``ServerArgs.add_cli_args`` adds the ``--ext-*`` grou
 start-up with one line naming the flag), publishes it for the child processes, adjusts the SGLang settings the
 policy needs (mixed chunked prefill for policies that batch decodes with prefill chunks) and starts the predictor
 service when asked. Scheduler: the adapter hooks in :mod:`sglang_ext.adapter.hooks`.
+
+Data parallelism (``--dp-size N``): SGLang runs :func:`load` in the launcher, the DP controller, each of the N
+schedulers and the detokenizer, but only the launcher parses the command line (``ServerArgs.from_cli_args``; the
+children receive the parsed ``ServerArgs``). So the config is validated and the predictor service started once, in
+the launcher, before any child exists; every scheduler inherits ``SGLANG_EXT_CONFIG`` and the service's endpoint and
+builds its own adapter (its own policy, ledger and rate over its own KV pool), naming itself to the shared service
+by its DP rank (``host:port/dp<rank>``), and its metrics carry ``dp_rank``. ``--ext-predictor-rate-scope cluster``
+reads the service's sum of all workers' arrival rates, so it needs ``--ext-predictor-mode service``.
 """
 
 from __future__ import annotations
@@ -39,6 +47,10 @@ def _around_from_cli_args(original: Any, cls: Any, args: Any, *rest: Any, **kwar
         raise SystemExit(2) from None
     if cfg.enabled:
         _check_latency_profile(cfg.latency_profile)
+        if cfg.predictor.rate_scope == "cluster" and cfg.predictor.mode != "service":
+            print("sglang_ext: --ext-predictor-rate-scope cluster needs --ext-predictor-mode service (the predictor "
+                  "service sums the workers' arrival rates)", file=sys.stderr)  # fmt: skip
+            raise SystemExit(2)
     server_args = original(cls, args, *rest, **kwargs)
     cfg = _mirror_sglang_flags(cfg, server_args)
     config.publish(cfg)

@@ -88,6 +88,8 @@ def test_reserve_gauge_falls_back_to_the_pool_reserve(reg: CollectorRegistry) ->
     m = ExtMetrics(LABELS, registry=reg)
     m.observe_plan(view([], reserve=123), IterationPlan(), 0.0)
     assert value(reg, "reserve_tokens") == 123
+    assert value(reg, "kv_pool_tokens", state="capacity") == 1000 and value(reg, "kv_pool_tokens", state="free") == 500
+    assert value(reg, "kv_pool_tokens", state="evictable") == 0
     assert value(reg, "chunk_budget_tokens_count") == 0  # no budget set: the host default, nothing observed
 
 

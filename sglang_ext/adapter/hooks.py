@@ -34,7 +34,7 @@ def after_scheduler_init(result: Any, sched: Any, *args: Any, **kwargs: Any) -> 
     if not cfg.enabled:
         return
     swap.install(sched, cfg.cacheopt.swap_space_tokens)  # before capabilities: they declare whether swap is usable
-    _ADAPTER = Adapter(cfg, translate.capabilities(sched))
+    _ADAPTER = Adapter(cfg, translate.capabilities(sched), worker=translate.worker(sched))
     if (mgr := swap.manager()) is not None:  # restore a swapped-out request only when the plan admits it
         mgr.admit_gate = lambda rid, a=_ADAPTER: a.plan is None or rid in a.plan_rank
     from sglang_ext.adapter.prefill import PolicyPrefillAdder

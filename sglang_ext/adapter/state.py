@@ -38,10 +38,13 @@ def _latency_model(cfg: ExtConfig) -> Any:
 
 
 class Adapter:
-    def __init__(self, cfg: ExtConfig, caps: HostCapabilities | None = None, latency: Any = None) -> None:
+    def __init__(self, cfg: ExtConfig, caps: HostCapabilities | None = None, latency: Any = None,
+                 worker: translate.Worker | None = None) -> None:  # fmt: skip
         """``caps``: what the running scheduler offers (its chunk, page size, batching mode, ...); ``latency``: the
-        latency model policies start from (default: the configured profile)."""
+        latency model policies start from (default: the configured profile); ``worker``: which data-parallel worker
+        of which server this scheduler is (its name keys its state in a shared predictor service)."""
         self.cfg = cfg
+        self.worker = worker if worker is not None else translate.Worker(0, "")
         self.t0 = time.monotonic()
         self.latency = latency if latency is not None else _latency_model(cfg)
         self.caps = caps if caps is not None else HostCapabilities()
@@ -62,9 +65,12 @@ class Adapter:
         self.online: OnlineLengthBound | None = None
         if cfg.predictor.mode == "online":
             self.online = OnlineLengthBound(cfg.predictor.alpha, cfg.predictor.beta)
-        self._rate = 0.0
+        self._rate = 0.0  # the rate the policy reads (this worker's, or the cluster's with rate_scope=cluster)
+        self._own_rate = 0.0  # this worker's arrivals only (what it reports to the predictor service)
         self._iter_prev: tuple[BatchShape, float] | None = None
-        logger.info("sglang_ext: adapter active in scheduler pid=%d policy=%s", os.getpid(), cfg.policy)
+        logger.info("sglang_ext: adapter active in scheduler pid=%d policy=%s dp_rank=%d worker=%s rate_scope=%s",
+                    os.getpid(), cfg.policy, self.worker.dp_rank, self.worker.name or "-",
+                    cfg.predictor.rate_scope)  # fmt: skip
 
     # --- clock and arrivals ------------------------------------------------------------------------------------
     def now(self) -> float:
@@ -96,7 +102,17 @@ class Adapter:
         if not endpoint:
             logger.error("sglang_ext: predictor mode=service but no endpoint was published; using fallbacks")
             return None
-        return PredictorClient(endpoint, fallback=pc.fallback)
+        return PredictorClient(endpoint, fallback=pc.fallback, worker=self.worker.name)
+
+    def _scoped_rate(self) -> float:
+        """The arrival rate the policy reads (C1's confidence, the pool rule): this worker's own, or with
+        ``--ext-predictor-rate-scope cluster`` the service's sum over all live workers (this worker's own while the
+        service has not answered, or its answer expired)."""
+        if self.cfg.predictor.rate_scope == "cluster" and self.predictor is not None:
+            cluster = self.predictor.cluster_rate()
+            if cluster is not None:
+                return max(cluster, self._own_rate)
+        return self._own_rate
 
     def _estimate(self, req: Any) -> LengthEstimate | None:
         if self.online is not None:
@@ -118,9 +134,10 @@ class Adapter:
         now = self.now()
         for req in sched.waiting_queue:  # arrivals first (normally already seen by the add-request hook)
             self.on_arrival(req)
-        self._rate = self.core.arrival_rate(now)
+        self._own_rate = self.core.arrival_rate(now)
         if self.predictor is not None:
             self.predictor.poll()
+        self._rate = self._scoped_rate()
         self._track_tokens(running_reqs, now)
         core = self.core
         mgr = swap.manager()
@@ -157,8 +174,8 @@ class Adapter:
             live.add(chunked_req.rid)
         self._reconcile(live)
         if self.predictor is not None:
-            self.predictor.push_stats(self._rate, pool.capacity_tokens, pool.capacity_tokens - pool.free_tokens,
-                                      len(running))  # fmt: skip
+            self.predictor.push_stats(self._own_rate, pool.capacity_tokens, pool.capacity_tokens - pool.free_tokens,
+                                      len(running), self.cfg.predictor.rate_scope)  # fmt: skip
         return translate.scheduler_view(now, waiting, running, pool, self._rate,
                                         chunked_req.rid if chunked_req is not None else None)  # fmt: skip
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from host.core import AllocationFields
 from policies.capabilities import HostCapabilities
@@ -11,6 +13,28 @@ from policies.latency import BatchShape
 from policies.views import SLO, LengthEstimate, PoolView, RunningView, SchedulerView, WaitingView
 
 SLO_KEYS = ("ttft_slo_ms", "tbt_slo_ms")
+
+
+class Worker(NamedTuple):
+    """Which data-parallel worker a scheduler is: SGLang's DP rank (``0`` without ``--dp-size``) and a name unique
+    across the servers that may share one predictor service (``host:port/dp<rank>``)."""
+
+    dp_rank: int
+    name: str
+
+
+def worker(sched: Any) -> Worker:
+    """This scheduler's :class:`Worker`, from SGLang's published parallel context and server args."""
+    rank, port = 0, None
+    try:
+        from sglang.srt.runtime_context import get_parallel
+
+        rank = int(get_parallel().dp_rank or 0)
+    except (ImportError, AttributeError, ValueError, TypeError):
+        rank = int(getattr(sched, "dp_rank", None) or 0)
+    args = getattr(sched, "server_args", None)
+    port = getattr(args, "port", None)
+    return Worker(rank, f"{socket.gethostname()}:{port if port is not None else os.getpid()}/dp{rank}")
 
 
 def capabilities(sched: Any) -> HostCapabilities:
