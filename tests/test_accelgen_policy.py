@@ -226,7 +226,9 @@ def test_online_refit_adopts_the_measured_model() -> None:
     after = pol.plan(view).token_budget
     assert after < before
     assert pol.latency is pol.fitter.model  # later budgets are sized with the refitted model
-    assert after == ChunkSizer(pol.fitter.model, 32, 8192).budget(0.040, (800,) * 8, 0)
+    # ... for the SLO over the error margin the refitted model still leaves (its residual error on the window)
+    assert pol.margin >= 1.0
+    assert after == ChunkSizer(pol.fitter.model, 32, 8192).budget(0.040 / pol.margin, (800,) * 8, 0)
 
 
 def test_demand_gate_keeps_expected_growth_and_learns_the_mean() -> None:

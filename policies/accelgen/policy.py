@@ -19,9 +19,14 @@ The gate (default :class:`~policies.accelgen.gate.DemandKVGate`: expected-demand
 decision: admissions, top-ups and victims. The combined ``cacheopt+accelgen`` mode is this class with CacheOPT's
 gate (:mod:`policies.combined`); no special cases.
 
-Online refit (A1): a host that measures its iterations calls :meth:`AccelGenPolicy.observe_iteration`; with an
-:class:`~policies.latency.IterationLatencyModel` the policy refits every ``refit_interval`` measurements
-(:class:`~policies.latency.OnlineLatencyFitter`) and sizes later budgets with the refitted model.
+Surviving a wrong latency model (A1): a host that measures its iterations calls
+:meth:`AccelGenPolicy.observe_iteration`. Two mechanisms use those measurements: the *error margin*
+(:class:`~policies.latency.ErrorMargin`, ``--ext-accelgen-error-margin``) — A1 sizes for the tightest TBT SLO divided
+by a high quantile of measured/predicted iteration time, so jitter and a model that under-predicts cost budget, not
+TBT attainment — and the *online refit* (:class:`~policies.latency.OnlineLatencyFitter`, with an
+:class:`~policies.latency.IterationLatencyModel`): every ``refit_interval`` measurements the model is refitted and
+later budgets are sized with it; the margin is then re-measured against the refitted model, so a bias the refit
+removed stops costing budget. The SLO-grouping of A2 keeps using the SLOs themselves, not the margin.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from policies.base import Policy, register
 from policies.capabilities import HostCapabilities
 from policies.config import AccelGenConfig, ExtConfig
 from policies.kv_gate import KVGate
-from policies.latency import BatchShape, IterationLatencyModel, LatencyModel, OnlineLatencyFitter
+from policies.latency import BatchShape, ErrorMargin, IterationLatencyModel, LatencyModel, OnlineLatencyFitter
 from policies.views import IterationPlan, Preempt, SchedulerView
 
 
@@ -60,6 +65,8 @@ class AccelGenPolicy(Policy):
         refit = self.cfg.online_refit and self.host.measures_iterations
         if refit and isinstance(base_model, IterationLatencyModel):  # a profile wraps one
             self.fitter = OnlineLatencyFitter(base_model, refit_every=self.cfg.refit_interval)
+        use_margin = self.cfg.error_margin and self.host.measures_iterations
+        self.error_margin: ErrorMargin | None = ErrorMargin(self.cfg.margin_quantile) if use_margin else None
         self._min_tbt_cache: dict[int, float] = {}
         self.packing = True  # subclasses that fix their own order (the Oracle) turn A3's window off
         self.strict = False  # ... and stop at the first refusal instead of backfilling
@@ -70,12 +77,26 @@ class AccelGenPolicy(Policy):
 
     # --- A1 online refit --------------------------------------------------------------------------------------
     def observe_iteration(self, shape: BatchShape, seconds: float) -> None:
-        """A measured iteration (host clock, not read here); refits the latency model periodically."""
+        """A measured iteration (host clock, not read here): updates the error margin against the model that
+        sized it, and refits the latency model periodically."""
+        if self.error_margin is not None:
+            self.error_margin.observe(shape, seconds, self.latency.iteration_s(shape))
         if self.fitter is None:
             return
         model = self.fitter.observe(shape, seconds)
         if model is not None:
             self.set_latency(model)
+            if self.error_margin is not None:
+                self.error_margin.rebase(model)
+
+    @property
+    def margin(self) -> float:
+        """A1's current safety factor on the TBT limit (1.0 without measurements or with the margin off)."""
+        return self.error_margin.value if self.error_margin is not None else 1.0
+
+    def target_s(self, limit_s: float | None) -> float | None:
+        """The iteration time A1 sizes for: the tightest TBT SLO over the error margin."""
+        return None if limit_s is None else limit_s / self.margin
 
     def set_latency(self, latency: LatencyModel) -> None:
         self.latency = latency
@@ -150,7 +171,8 @@ class AccelGenPolicy(Policy):
         nd = len(decode_ctx)
         chunked = next((w for w in view.waiting if w.rid == view.chunked_rid), None)
         chunk_ctx = max(chunked.cached_len, chunked.prefilled_len) if chunked is not None else 0
-        budget = self.sizer.budget(limit_s, decode_ctx, chunk_ctx) if cfg.dynamic_chunk else max(cfg.pivot_tokens, nd)
+        target_s = self.target_s(limit_s)
+        budget = self.sizer.budget(target_s, decode_ctx, chunk_ctx) if cfg.dynamic_chunk else max(cfg.pivot_tokens, nd)
         spt = 0.0
         if view.waiting and budget > nd:
             shape = BatchShape(prefill=((budget - nd, chunk_ctx),), decode_ctx=decode_ctx)
@@ -159,19 +181,19 @@ class AccelGenPolicy(Policy):
         prefill: list[tuple[int, int]] = []
 
         def fit(c: Candidate, t: int) -> int:
-            if limit_s is None or not cfg.dynamic_chunk:
+            if target_s is None or not cfg.dynamic_chunk:
                 return t
             base = nd + sum(n for n, _ in prefill)
             if base + t <= cfg.min_budget:  # the floor: progress even when the SLO cannot be met
                 return t
             shape = BatchShape(prefill=(*prefill, (t, c.ctx)), decode_ctx=decode_ctx)
-            if self.latency.iteration_s(shape) <= limit_s:
+            if self.latency.iteration_s(shape) <= target_s:
                 return t
             lo, hi = max(cfg.min_budget - base, 0), t  # largest t' with the shape within the limit
             while hi - lo > 1:
                 mid = (lo + hi) // 2
                 s = BatchShape(prefill=(*prefill, (mid, c.ctx)), decode_ctx=decode_ctx)
-                lo, hi = (mid, hi) if self.latency.iteration_s(s) <= limit_s else (lo, mid)
+                lo, hi = (mid, hi) if self.latency.iteration_s(s) <= target_s else (lo, mid)
             return lo
 
         def record(c: Candidate, t: int) -> None:
@@ -193,6 +215,7 @@ class AccelGenPolicy(Policy):
         notes = {"budget": float(budget), "prefill_tokens": float(used), "decodes": float(nd)}
         if limit_s is not None:
             notes["limit_ms"] = limit_s * 1e3
+            notes["margin"] = self.margin
         if binding_ms is not None:
             notes["binding_ms"] = binding_ms
         if best_effort:
