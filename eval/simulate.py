@@ -4,6 +4,12 @@ summary JSON (eval.metrics schema) and optionally per-request JSON lines.
 Why a CLI with SGLang's flag names: the same ``--ext-*`` flags configure the policies here and in the SGLang
 plugin (generated from ``policies.config.flat_fields()``), so a simulated configuration is replayable on the
 real server unchanged. Unknown policy, profile or workload names exit with one line listing the valid ones.
+
+SLOs: ``--slo SPEC`` gives requests SLO classes (eval.slo: ``abs:TTFT:TBT``, relative multiples, per application),
+and, as in the server, ``--ext-default-ttft-slo-ms`` / ``--ext-default-tbt-slo-ms`` apply to every request that
+carries no such SLO (0 = no objective). Without either, no request has an SLO and every attainment is 1.0.
+``--latency-error`` (eval.latency_error) hands the policy a biased or shape-perturbed latency model and/or jitters
+the simulated truth, to test a policy that trusts its model (AccelGen A1).
 """
 
 from __future__ import annotations
@@ -12,12 +18,15 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import profiles
+from eval import latency_error
 from eval.metrics import write_records
 from eval.sim import Simulator, make_policy
-from eval.workloads import available_workloads, load_workload
+from eval.slo import SLOSpecError, parse_slo
+from eval.workloads import RequestSpec, available_workloads, load_workload
 from policies import base
 from policies.config import POLICY_CHOICES, ConfigError, ExtConfig, flat_fields, from_flat
 
@@ -45,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--host-tokens", type=int, default=None, help="host memory for swapped KV (default 4x pool)")
     ap.add_argument("--scale", type=float, default=1.0, help="divide every workload length by this")
     ap.add_argument("--max-context", type=int, default=None, help="clip prompt + output to this many tokens")
+    ap.add_argument("--slo", default="none", help="SLO classes (eval.slo spec; relative ones use --profile)")
+    ap.add_argument(
+        "--latency-error", default="exact", help="exact or bias=X,shape=X,noise=X,seed=N (eval.latency_error)"
+    )
     for flag, _section, f in flat_fields():
         kind = type(f.default)
         conv = _bool if kind is bool else kind
@@ -61,6 +74,20 @@ def config_from_args(args: argparse.Namespace) -> ExtConfig:
     return from_flat(values)
 
 
+def with_default_slos(specs: list[RequestSpec], cfg: ExtConfig) -> list[RequestSpec]:
+    """Requests that carry no TTFT / TBT SLO get ``--ext-default-ttft-slo-ms`` / ``--ext-default-tbt-slo-ms``
+    (when > 0), exactly as the plugin fills in a request without ``custom_params`` SLOs."""
+    ttft, tbt = cfg.default_ttft_slo_ms or None, cfg.default_tbt_slo_ms or None
+    if ttft is None and tbt is None:
+        return specs
+    out = []
+    for s in specs:
+        t1 = s.ttft_slo_ms if s.ttft_slo_ms is not None else ttft
+        t2 = s.tbt_slo_ms if s.tbt_slo_ms is not None else tbt
+        out.append(replace(s, ttft_slo_ms=t1, tbt_slo_ms=t2, slo_class=s.slo_class or "default"))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -70,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"unknown workload {args.workload!r}; valid: {', '.join(available_workloads())}")
         if args.policy not in base.available():
             raise ValueError(f"unknown policy {args.policy!r}; valid: {', '.join(base.available())}")
+        err = latency_error.parse(args.latency_error)
         specs = load_workload(
             args.workload,
             num_requests=args.num_requests,
@@ -77,15 +105,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             scale=args.scale,
             max_context=args.max_context,
+            slo=parse_slo(args.slo, profile),
         )
+        specs = with_default_slos(specs, cfg)
         page = args.page_size or (1 if args.profile.startswith("cpu") else 16)
-        policy = make_policy(args.policy, profile, cfg, page_size=page)
-    except (ValueError, ConfigError) as e:
+        policy = make_policy(args.policy, err.policy_model(profile), cfg, page_size=page)
+    except (ValueError, ConfigError, SLOSpecError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     sim = Simulator(
         policy,
-        profile,
+        err.truth(profile, args.seed),
         pool_tokens=args.pool_tokens or profile.kv_capacity_tokens,
         page_size=page,
         host_tokens=args.host_tokens,
@@ -98,7 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{args.policy} on {args.workload} @ {args.rate} req/s ({args.profile}): {res.summary['completed']}/"
         f"{res.summary['submitted']} completed, {s.iterations} iterations, {s.preemptions} preemptions "
-        f"({s.swaps_out} swaps), {s.rejected} rejected, {s.aborted} aborted, {s.cache_hit_tokens} cache-hit tokens",
+        f"({s.swaps_out} swaps), {s.rejected} rejected, {s.aborted} aborted, {s.cache_hit_tokens} cache-hit tokens; "
+        f"SLO attainment {res.summary['slo_attainment']:.3f} (TTFT {res.summary['ttft_slo_attainment']:.3f}, "
+        f"TBT {res.summary['tbt_slo_attainment']:.3f})",
         file=sys.stderr,
     )
     return 0
