@@ -31,6 +31,8 @@ removed stops costing budget. The SLO-grouping of A2 keeps using the SLOs themse
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from policies.accelgen.chunk import ChunkSizer, min_feasible_tbt_ms
 from policies.accelgen.gate import DemandKVGate
 from policies.accelgen.packing import pack
@@ -40,7 +42,9 @@ from policies.capabilities import HostCapabilities
 from policies.config import AccelGenConfig, ExtConfig
 from policies.kv_gate import KVGate
 from policies.latency import BatchShape, ErrorMargin, IterationLatencyModel, LatencyModel, OnlineLatencyFitter
-from policies.views import IterationPlan, Preempt, SchedulerView
+from policies.views import Admit, IterationPlan, Preempt, SchedulerView
+
+TTFT_WINDOW_S = 30.0  # how long the TTFT guard remembers the tightest TTFT SLO it saw
 
 
 @register("accelgen")
@@ -68,6 +72,7 @@ class AccelGenPolicy(Policy):
         use_margin = self.cfg.error_margin and self.host.measures_iterations
         self.error_margin: ErrorMargin | None = ErrorMargin(self.cfg.margin_quantile) if use_margin else None
         self._min_tbt_cache: dict[int, float] = {}
+        self._tight_ttft: tuple[float, float] | None = None  # (tightest TTFT SLO ms seen, when) for the TTFT guard
         self.packing = True  # subclasses that fix their own order (the Oracle) turn A3's window off
         self.strict = False  # ... and stop at the first refusal instead of backfilling
 
@@ -158,6 +163,7 @@ class AccelGenPolicy(Policy):
             grouping=cfg.slo_priority,
             sec_per_token=sec_per_token if cfg.slo_priority and cfg.slack_pruning else 0.0,
             group_mode=cfg.slo_group_mode,
+            chunk_yields=cfg.chunk_yield,
         )
         if not cfg.slo_priority:  # A2 off: first come, first served (chunked request still first)
             cands.sort(key=lambda c: (c.tier != 0, c.req.arrival_s))
@@ -168,10 +174,11 @@ class AccelGenPolicy(Policy):
         self.gate.begin(view)
         decode_ctx = tuple(r.seq_len for r in view.running)
         limit_s, best_effort = self.iteration_limit_s(view, decode_ctx)
+        cap_s = self.ttft_cap_s(view)
         nd = len(decode_ctx)
         chunked = next((w for w in view.waiting if w.rid == view.chunked_rid), None)
         chunk_ctx = max(chunked.cached_len, chunked.prefilled_len) if chunked is not None else 0
-        target_s = self.target_s(limit_s)
+        target_s = self.target_s(cap_s if limit_s is None else limit_s if cap_s is None else min(limit_s, cap_s))
         budget = self.sizer.budget(target_s, decode_ctx, chunk_ctx) if cfg.dynamic_chunk else max(cfg.pivot_tokens, nd)
         spt = 0.0
         if view.waiting and budget > nd:
@@ -201,18 +208,17 @@ class AccelGenPolicy(Policy):
                 prefill.append((t, c.ctx))
 
         kv_free = view.pool.available_tokens - view.pool.reserve_tokens - nd
-        admits, used = pack(
-            [c for c in cands if c.req.seq_len < view.pool.capacity_tokens - nd],  # the rest can never fit
-            max(budget - nd, 0),
-            kv_free,
-            self.gate,
-            fit,
-            record,
-            window=cfg.pack_window,
-            multi_resource=cfg.multi_resource and self.packing,
-            strict=self.strict,
-        )
+        usable = [c for c in cands if c.req.seq_len < view.pool.capacity_tokens - nd]  # the rest can never fit
+        kw = {"window": cfg.pack_window, "multi_resource": cfg.multi_resource and self.packing, "strict": self.strict}
+        chunk_c = next((c for c in usable if c.req.rid == view.chunked_rid), None)
+        if chunk_c is None or chunk_c is usable[0]:
+            admits, used = pack(usable, max(budget - nd, 0), kv_free, self.gate, fit, record, **kw)
+        else:
+            admits, used = self._pack_yielding(usable, chunk_c, max(budget - nd, 0), kv_free, fit, prefill,
+                                               view.pool.page_size, kw)  # fmt: skip
         notes = {"budget": float(budget), "prefill_tokens": float(used), "decodes": float(nd)}
+        if cap_s is not None:
+            notes["ttft_cap_ms"] = cap_s * 1e3
         if limit_s is not None:
             notes["limit_ms"] = limit_s * 1e3
             notes["margin"] = self.margin
@@ -231,6 +237,70 @@ class AccelGenPolicy(Policy):
             run_decodes=True,
             notes=notes,
         )
+
+    def _pack_yielding(
+        self,
+        cands: list[Candidate],
+        chunk: Candidate,
+        tokens: int,
+        kv_free: int,
+        fit: Callable[[Candidate, int], int],
+        prefill: list[tuple[int, int]],
+        page: int,
+        kw: dict,
+    ) -> tuple[list[Admit], int]:
+        """A2's chunk yield (``--ext-accelgen-chunk-yield``): the candidates ahead of the in-progress chunk in the
+        A2 order join whole, then the chunk takes what is left of the budget (at least a page, reserved in the
+        iteration's shape from the start, so A1's limit holds for the whole plan); when it finishes its prompt the
+        rest of the order may follow. The chunk's admission is listed first, as SGLang continues it first (its
+        tokens are capped through SGLang's ``chunked_req_limit``)."""
+
+        def record(c: Candidate, t: int) -> None:
+            if t > 0:
+                prefill.append((t, c.ctx))
+
+        if tokens <= 0:  # the decodes take the whole budget: nothing is prefilled, as without the yield
+            return [], 0
+        i = cands.index(chunk)
+        least = min(chunk.remaining, page)
+        prefill.append((least, chunk.ctx))  # reserved: the chunk's minimum is part of every shape checked
+        ahead, used = pack(cands[:i], max(tokens - least, 0), kv_free, self.gate, fit, record, whole_only=True, **kw)
+        prefill.pop(0)
+        want = min(chunk.remaining, max(tokens - used, least))
+        t = max(fit(chunk, want), least)
+        adm = self.gate.admit(chunk.req, t)
+        if adm is None:  # no KV for its next chunk: the requests ahead still go
+            return ahead, used
+        prefill.insert(0, (t, chunk.ctx))
+        admits, used = [adm, *ahead], used + t
+        if t == chunk.remaining and tokens > used:
+            rest, more = pack(cands[i + 1 :], tokens - used, kv_free, self.gate, fit, record, **kw)
+            admits += rest
+            used += more
+        return admits, used
+
+    def ttft_cap_s(self, view: SchedulerView) -> float | None:
+        """A1's TTFT guard (``--ext-accelgen-ttft-guard``): an iteration may last at most this fraction of the
+        tightest TTFT SLO among the requests waiting in the last :data:`TTFT_WINDOW_S` seconds. Why: A1 sizes for
+        the *running* requests' TBT; with none running (or only loose ones) an iteration may grow to the maximum
+        budget, and a short prompt arriving meanwhile waits for all of it — a tight TTFT class is missed at any
+        load. With the cap, a new arrival waits at most one iteration and is prefilled in the next. TTFT SLOs
+        below the shortest possible iteration are ignored (infeasible, as A1's best-effort TBT class)."""
+        frac = self.cfg.ttft_guard
+        if frac <= 0:
+            return None
+        now = view.now_s
+        floor = self._min_tbt_ms(1)
+        tight = min((w.slo.ttft_ms for w in view.waiting
+                     if w.slo.ttft_ms is not None and w.first_token_s is None and w.slo.ttft_ms >= floor),
+                    default=None)  # fmt: skip
+        seen = self._tight_ttft
+        if tight is not None and (seen is None or tight <= seen[0] or now - seen[1] > TTFT_WINDOW_S):
+            self._tight_ttft = seen = (tight, now)
+        if seen is None or now - seen[1] > TTFT_WINDOW_S:
+            self._tight_ttft = None
+            return None
+        return frac * seen[0] / 1e3
 
     def choose_victims(self, view: SchedulerView, tokens_needed: int) -> tuple[Preempt, ...]:
         return self.gate.victims(view, tokens_needed)
