@@ -49,7 +49,8 @@ class PredictorConfig:
                     "quantile of finished lengths, for prompts without text), service (ZMQ xgboost side process).",
                     ("off", "online", "service"))  # fmt: skip
     endpoint: str = opt("", "ZMQ endpoint of a running predictor service; empty = start one beside the server.")
-    model_path: str = opt("", "Trained predictor model directory (predictors.train output).")
+    model_path: str = opt("", "Trained predictor model directory (predictors.train output); empty = the shipped "
+                          "model predictors/models/alpaca-mistral.")  # fmt: skip
     bound: str = opt("conformal", "Bound kind added to the point estimate (docs/predictor.md).",
                      ("hoeffding", "conformal", "conformal_log", "max_new_tokens", "quantile", "linear"))  # fmt: skip
     alpha: float = opt(0.95, "Confidence at zero load: conf = alpha / (1 + beta * arrival_rate).")

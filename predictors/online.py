@@ -7,6 +7,10 @@ bound at confidence ``q`` is the empirical ``q``-quantile of the last ``window``
 point estimate its median. Requests are never told their own length. Until ``min_samples`` requests have
 finished, the bound is ``max_new_tokens`` (the fallback). Confidence follows the paper's arrival-rate rule
 (:func:`predictors.bounds.adapt_confidence`). Selected with ``--ext-predictor-mode online``.
+
+The estimate also carries the whole empirical distribution (quantiles at :data:`LEVELS` of the finished lengths, a
+:class:`~policies.length_dist.LengthDistribution`): the pool-level admission (CacheOPT's ``pool`` rule) combines
+those over requests and conditions them on each request's progress itself.
 """
 
 from __future__ import annotations
@@ -14,8 +18,11 @@ from __future__ import annotations
 import bisect
 from collections import deque
 
+from policies.length_dist import LengthDistribution
 from policies.views import LengthEstimate
 from predictors.bounds import adapt_confidence
+
+LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 
 
 class OnlineLengthBound:
@@ -28,6 +35,7 @@ class OnlineLengthBound:
         self._recent: deque[int] = deque(maxlen=window)
         self._sorted: list[int] = []
         self.fallbacks = 0
+        self._dist: LengthDistribution | None = None  # cached until the next finished request
 
     def observe(self, output_len: int) -> None:
         if len(self._recent) == self._recent.maxlen:
@@ -35,6 +43,16 @@ class OnlineLengthBound:
             del self._sorted[bisect.bisect_left(self._sorted, old)]
         self._recent.append(output_len)
         bisect.insort(self._sorted, output_len)
+        self._dist = None
+
+    def distribution(self) -> LengthDistribution | None:
+        """Quantiles of the recent finished lengths (None before ``min_samples``)."""
+        if len(self._sorted) < self.min_samples:
+            return None
+        if self._dist is None:
+            values = tuple(float(max(self._quantile(q), 1)) for q in LEVELS)
+            self._dist = LengthDistribution(LEVELS, values)
+        return self._dist
 
     def _quantile(self, q: float) -> int:
         i = min(len(self._sorted) - 1, max(0, int(q * len(self._sorted))))
@@ -51,8 +69,9 @@ class OnlineLengthBound:
         lo = bisect.bisect_right(self._sorted, output_len)
         tail = self._sorted[lo:]
         cap = max(max_new_tokens, 1)
+        dist = self.distribution()
         if not tail:  # longer than anything seen: only the cap bounds it
-            return LengthEstimate(point=cap, bound=cap, confidence=conf)
+            return LengthEstimate(point=cap, bound=cap, confidence=conf, dist=dist)
         point = min(tail[len(tail) // 2], cap)
         bound = min(max(tail[min(len(tail) - 1, int(conf * len(tail)))], point), cap)
-        return LengthEstimate(point=point, bound=bound, confidence=conf)
+        return LengthEstimate(point=point, bound=bound, confidence=conf, dist=dist)

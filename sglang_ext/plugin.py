@@ -84,28 +84,38 @@ def _mirror_sglang_flags(cfg: Any, server_args: Any) -> Any:
     return dataclasses.replace(cfg, sglang=mirrored)
 
 
-def _start_predictor_service(cfg: Any) -> None:
+def _start_predictor_service(cfg: Any) -> Any:
+    """Start the predictor service beside the server under a supervisor (restart with back-off, each restart
+    logged), publish its endpoint for the scheduler's client, and stop it at exit. Without
+    ``--ext-predictor-model-path`` the shipped model is used."""
     import tempfile
 
     from eval.server import free_port
-    from predictors.service import spawn
+    from predictors.service import SHIPPED_MODEL
+    from predictors.supervisor import ServiceSupervisor
 
-    if not cfg.predictor.model_path:
-        print("sglang_ext: --ext-predictor-mode service needs --ext-predictor-model-path (or an endpoint)",
-              file=sys.stderr)  # fmt: skip
+    pc = cfg.predictor
+    model_path = pc.model_path or SHIPPED_MODEL
+    if not os.path.isdir(model_path):
+        print(f"sglang_ext: --ext-predictor-model-path {model_path}: no such directory", file=sys.stderr)
         raise SystemExit(2)
-    if not os.path.isdir(cfg.predictor.model_path):
-        print(f"sglang_ext: --ext-predictor-model-path {cfg.predictor.model_path}: no such directory", file=sys.stderr)
-        raise SystemExit(2)
+    if not pc.model_path:
+        print(f"sglang_ext: --ext-predictor-mode service: using the shipped model {model_path}", file=sys.stderr)
     port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
-    pc = cfg.predictor
     log_path = os.path.join(tempfile.gettempdir(), f"sglang_ext_predictor_{port}.log")
-    proc = spawn(pc.model_path, endpoint, "--bound", pc.bound, "--alpha", str(pc.alpha), "--beta", str(pc.beta),
-                 "--rule", pc.rule, "--refit-every", str(pc.refit_every), log_path=log_path)  # fmt: skip
+    args = ("--bound", pc.bound, "--alpha", str(pc.alpha), "--beta", str(pc.beta), "--rule", pc.rule,
+            "--refit-every", str(pc.refit_every))  # fmt: skip
+
+    def report(line: str) -> None:
+        print(f"sglang_ext: {line}", file=sys.stderr, flush=True)
+
+    sup = ServiceSupervisor(model_path, endpoint, args, log_path=log_path, report=report)
+    proc = sup.start()
     os.environ["SGLANG_EXT_PREDICTOR_ENDPOINT"] = endpoint
-    atexit.register(proc.terminate)
-    print(f"sglang_ext: predictor service pid={proc.pid} at {endpoint} (log {log_path})", file=sys.stderr)
+    atexit.register(sup.stop)
+    print(f"sglang_ext: predictor service pid={proc.pid} at {endpoint} (log {log_path}; supervised)", file=sys.stderr)
+    return sup
 
 
 def load() -> None:

@@ -57,3 +57,15 @@ def test_bound_is_sane(lengths: list[int], cap: int, progress: int, rate: float)
     assert 1 <= est.point <= est.bound <= cap
     if progress < cap and est.bound < cap:
         assert est.bound > progress  # never a bound below what the request already produced
+
+
+def test_estimate_carries_the_empirical_distribution() -> None:
+    from predictors.online import OnlineLengthBound
+
+    b = OnlineLengthBound(0.95, 0.0, window=100, min_samples=10)
+    assert b.estimate(500, 0, 0.0).dist is None  # nothing finished yet: the fallback has no distribution
+    for n in range(1, 101):
+        b.observe(n)
+    d = b.estimate(500, 0, 0.0).dist
+    assert d is not None and d.levels[0] == 0.5
+    assert 45 <= d.quantile(0.5) <= 55 and 95 <= d.quantile(0.99) <= 100.5

@@ -62,25 +62,28 @@ def ask(s: zmq.Socket, *frames: bytes) -> dict:
 
 
 def still_serving(s: zmq.Socket) -> bool:
-    return ask(s, pack({"v": 1, "type": "ping"}))["type"] == "pong"
+    return ask(s, pack({"v": 2, "type": "ping"}))["type"] == "pong"
 
 
 def predict(*items: dict) -> bytes:
-    return pack({"v": 1, "type": "predict", "items": list(items)})
+    return pack({"v": 2, "type": "predict", "items": list(items)})
 
 
 def test_round_trip_predict_stats_finish(raw: zmq.Socket, service: PredictorService) -> None:
     r = ask(raw, predict({"rid": "a", "text": "Write a poem about rain", "max_new_tokens": 512},
                          {"rid": "b", "token_ids": [1, 1824, 349, 272], "max_new_tokens": 64}))  # fmt: skip
     assert {i["rid"] for i in r["items"]} == {"a", "b"} and r["errors"] == []
+    assert r["levels"] == [0.5, 0.8, 0.9, 0.95, 0.99]
     for it in r["items"]:
-        assert 1 <= it["point"] <= it["bound"] <= (512 if it["rid"] == "a" else 64)
-    res = ask(raw, pack({"v": 1, "type": "stats", "arrival_rate": 50.0,
+        cap = 512 if it["rid"] == "a" else 64
+        assert 1 <= it["point"] <= it["bound"] <= cap
+        assert len(it["q"]) == 5 and it["q"] == sorted(it["q"]) and it["q"][-1] <= cap
+    res = ask(raw, pack({"v": 2, "type": "stats", "arrival_rate": 50.0,
                          "pool": {"capacity_tokens": 10000, "used_tokens": 100, "running": 4}}))  # fmt: skip
     assert res["type"] == "reservation" and res["conf"] == pytest.approx(0.95 / 1.05) and res["reserve_tokens"] >= 64
     r2 = ask(raw, predict({"rid": "c", "text": "Hi", "max_new_tokens": 512}))
     assert r2["items"][0]["conf"] == pytest.approx(0.95 / 1.05)
-    assert ask(raw, pack({"v": 1, "type": "finish", "rid": "a", "output_len": 100}))["type"] == "ack"
+    assert ask(raw, pack({"v": 2, "type": "finish", "rid": "a", "output_len": 100}))["type"] == "ack"
 
 
 def test_messages_that_arrive_together_are_predicted_in_one_batch(model_dir: str) -> None:
@@ -108,18 +111,19 @@ def test_messages_that_arrive_together_are_predicted_in_one_batch(model_dir: str
 BAD_CASES = {
     "garbage": (b"\xc1\x00garbage", "malformed"),
     "not a map": (msgpack.packb([1, 2, 3]), "malformed"),
-    "unknown version": (pack({"v": 2, "type": "ping"}), "version"),
-    "unknown type": (pack({"v": 1, "type": "explode"}), "type"),
+    "old version": (pack({"v": 1, "type": "ping"}), "version"),
+    "unknown version": (pack({"v": 3, "type": "ping"}), "version"),
+    "unknown type": (pack({"v": 2, "type": "explode"}), "type"),
     "non-utf8 str": (
         msgpack.packb(
-            {"v": 1, "type": "predict", "items": [{"rid": "x", "text": b"\xff\xfe", "max_new_tokens": 5}]},
+            {"v": 2, "type": "predict", "items": [{"rid": "x", "text": b"\xff\xfe", "max_new_tokens": 5}]},
             use_bin_type=False,
         ),
         "encoding",
     ),
     "oversized": (b"\x00" * (5 << 20), "oversized"),
-    "bad stats": (pack({"v": 1, "type": "stats", "arrival_rate": "fast", "pool": {}}), "malformed"),
-    "bad finish": (pack({"v": 1, "type": "finish", "rid": 3}), "malformed"),
+    "bad stats": (pack({"v": 2, "type": "stats", "arrival_rate": "fast", "pool": {}}), "malformed"),
+    "bad finish": (pack({"v": 2, "type": "finish", "rid": 3}), "malformed"),
 }
 
 
@@ -134,7 +138,7 @@ def test_bad_frames_get_an_error_reply_and_service_keeps_serving(raw: zmq.Socket
 
 
 def test_multi_frame_message_is_malformed(raw: zmq.Socket) -> None:
-    r = ask(raw, pack({"v": 1, "type": "ping"}), b"extra")
+    r = ask(raw, pack({"v": 2, "type": "ping"}), b"extra")
     assert r["error"] == "malformed" and still_serving(raw)
 
 
@@ -164,7 +168,7 @@ def test_finishes_refit_the_calibration_online(raw: zmq.Socket, service: Predict
     r = ask(raw, predict(*items))
     b0 = {i["rid"]: i["bound"] for i in r["items"]}
     for i in range(10):
-        raw.send(pack({"v": 1, "type": "finish", "rid": f"f{i}", "output_len": 4000}))  # all far above bounds
+        raw.send(pack({"v": 2, "type": "finish", "rid": f"f{i}", "output_len": 4000}))  # all far above bounds
         assert unpack(raw.recv(), types=REPLY_TYPES)["type"] == "ack"
     assert service.counters["refits"] == 2 and service.calib.n_online == 10
     r2 = ask(raw, predict(*[{**it, "rid": "g" + it["rid"]} for it in items]))
@@ -218,6 +222,9 @@ def test_service_killed_during_load_loses_no_request(model_dir: str, tmp_path: P
             time.sleep(0.01)
         missing = [r for r in rids if c.estimate(r) is None]
         assert missing == [], f"lost {len(missing)} requests"
+        while c.counters["reconnects"] + c.counters["restarts_seen"] == 0 and time.monotonic() < end:
+            c.poll()  # the new instance's pong may come after the last answer
+            time.sleep(0.01)
         assert fallbacks > 0 and c.counters["fallbacks"] == fallbacks
         assert c.counters["reconnects"] + c.counters["restarts_seen"] >= 1
         assert c.counters["client_errors"] == 0
@@ -225,3 +232,31 @@ def test_service_killed_during_load_loses_no_request(model_dir: str, tmp_path: P
     finally:
         proc.kill()
         proc.wait(5)
+
+
+def test_answers_carry_the_distribution_and_the_exact_final_length_reaches_the_service(
+    service: PredictorService,
+) -> None:
+    import numpy as np
+
+    c = PredictorClient(service.endpoint)
+    c.submit("x", text="Write a haiku about the sea", max_new_tokens=200, cls="poems")
+    end = time.monotonic() + 10
+    while c.estimate("x") is None and time.monotonic() < end:
+        c.poll()
+        time.sleep(0.005)
+    est = c.estimate("x")
+    assert est is not None and est.dist is not None and est.dist.levels == (0.5, 0.8, 0.9, 0.95, 0.99)
+    assert est.dist.quantile(0.99) <= 200 and abs(est.bound - est.dist.quantile(est.confidence)) <= 1
+    c.report_finish("x", 137)
+    c.report_finish("y", 12.5)  # not a length: refused here, never sent
+    c.report_finish("z", np.int64(5))  # a numpy integer is exact: sent (the service does not know "z")
+    end = time.monotonic() + 10
+    while service.counters["finishes"] < 2 and time.monotonic() < end:
+        c.poll()
+        time.sleep(0.005)
+    assert c.counters["finish_invalid"] == 1 and service.counters["finishes"] == 2
+    assert service.counters["finish_unknown_rid"] == 1
+    assert service.feedback[-1][2] == 137.0 and service.online.seen["poems"] == 1
+    assert service.online.misses["poems"].tolist() == [float(b < 137) for b in est.dist.values]
+    c.close()

@@ -78,8 +78,11 @@ class Adapter:
         if self.predictor is not None:
             text = getattr(req, "origin_input_text", None)
             ids = None if text else list(req.origin_input_ids)
+            custom = getattr(req.sampling_params, "custom_params", None) or {}
+            custom = custom if isinstance(custom, dict) else {}  # predictor source / calibration class, if named
             self.predictor.submit(req.rid, text=text, token_ids=ids,
-                                  max_new_tokens=int(req.sampling_params.max_new_tokens or 0))  # fmt: skip
+                                  max_new_tokens=int(req.sampling_params.max_new_tokens or 0),
+                                  source=custom.get("predictor_source"), cls=custom.get("predictor_class"))  # fmt: skip
 
     # --- predictor ---------------------------------------------------------------------------------------------
     def _start_predictor(self) -> Any:
