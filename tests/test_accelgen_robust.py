@@ -192,3 +192,34 @@ def test_simulated_tight_class_survives_an_under_predicting_and_a_noisy_model() 
     guarded = tight_tbt(ExtConfig(policy="accelgen"))
     naive = tight_tbt(cfg(error_margin=False, online_refit=False))
     assert guarded >= 0.9 and naive < guarded - 0.1 and not math.isnan(guarded)
+
+
+def _chat_long_specs(n: int = 80, rate: float = 8.0, seed: int = 0) -> list:
+    """Tight chat (25-token prompts, TTFT 40 ms, TBT 2x an isolated decode step) beside 6,000-token prompts."""
+    from eval.workloads import RequestSpec
+
+    prof = profiles.get("h100-llama3-8b")
+    rng = np.random.default_rng(seed)
+    t, out = 0.0, []
+    for i in range(n):
+        t += float(rng.exponential(1 / rate))
+        if i % 4 == 0:
+            out.append(RequestSpec(f"long{i}", t, 6000, 64, 256, 60_000.0, 200.0, "long"))
+        else:
+            tbt = 2e3 * prof.iteration_s(BatchShape(decode_ctx=(25 + 150,)))
+            out.append(RequestSpec(f"chat{i}", t, 25, 150, 512, 40.0, tbt, "chat"))
+    return out
+
+
+@pytest.mark.parametrize("yield_", [True, False])
+def test_simulated_chat_beside_long_prompts_needs_the_chunk_yield(yield_: bool) -> None:
+    """The regime of scenario tight-chat-long: with the in-progress chunk always first, a chat request arriving
+    during a long prefill waits for all of it and misses a 40 ms TTFT; with the yield it joins the next iteration."""
+    prof = profiles.get("h100-llama3-8b")
+    pol = make_policy("accelgen", prof, cfg(chunk_yield=yield_), page_size=16)
+    res = Simulator(pol, prof, pool_tokens=prof.kv_capacity_tokens, page_size=16).run(_chat_long_specs())
+    chat = summarize_by_class(res.records)["chat"]
+    if yield_:
+        assert chat["ttft_slo_attainment"] >= 0.95 and chat["tbt_slo_attainment"] >= 0.95
+    else:
+        assert chat["ttft_slo_attainment"] < 0.9
