@@ -26,6 +26,8 @@ Tokens per chunk come from ``meta_info.completion_tokens`` (a chunk may carry se
 ``preemptions``: the run's delta of the server's Prometheus counter ``sglang:num_retracted_requests_total`` (needs
 ``--enable-metrics``), else the sum of per-request ``meta_info.num_retractions`` (each record's ``preemptions``);
 ``preemptions_source`` says which.
+A stream that ends with SGLang's ``abort`` finish reason (a refusal such as ``--max-queued-requests``' "The request
+queue is full.", or an abort) is a failed request carrying the server's status and message, not a completed one.
 A server that dies or hangs mid-run (refused connection, dropped stream or two missed ``/health`` probes) stops the
 run: requests not sent or in flight fail with the reason, also in the summary's ``aborted``. Every wait is bounded
 (connect, stall after the first token, per-request total, ``/health``).
@@ -36,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import sys
 import time
@@ -108,12 +111,15 @@ class _Run:
         self.stop.set()
 
 
-def forcer_ref(module: str = "sglang_ext.logit_processors", name: str = "ForceEosAtLength") -> str:
-    """``ForceEosAtLength.to_str()`` without importing SGLang (seconds, ~1 GB): dill ships a class of an importable
-    module as a protocol-4 pickle global reference, exactly these opcodes. A test checks it equals ``to_str()``."""
-    m, n = module.encode(), name.encode()
-    body = b"\x8c" + bytes([len(m)]) + m + b"\x94\x8c" + bytes([len(n)]) + n + b"\x94\x93\x94."
-    return json.dumps({"callable": (b"\x80\x04\x95" + len(body).to_bytes(8, "little") + body).hex()})
+@functools.lru_cache(maxsize=1)
+def forcer_ref() -> str:
+    """The EOS forcer as SGLang serializes a custom logit processor: ``ForceEosAtLength.to_str()`` (dill ships the
+    class by reference; the server imports ``sglang_ext.logit_processors``). The same string for every request: the
+    target length is not in it but in ``custom_params``, which no policy view carries. Importing the class loads
+    SGLang and torch into this process (~9 s and ~0.9 GB, once per process, before the run's clock starts)."""
+    from sglang_ext.logit_processors import ForceEosAtLength
+
+    return ForceEosAtLength.to_str()
 
 
 def prompt_ids(spec: RequestSpec, index: int, seed: int, vocab_size: int) -> list[int]:
@@ -260,6 +266,9 @@ async def _read_stream(run: _Run, resp: aiohttp.ClientResponse, rec: RequestReco
                 fr = meta["finish_reason"]
                 finish = fr.get("type", str(fr)) if isinstance(fr, dict) else str(fr)
                 rec.finish_s = now
+                if finish == "abort":  # refused or aborted by the server (e.g. --max-queued-requests): not completed
+                    parts = [str(fr.get(k, "")) for k in ("status_code", "message")] if isinstance(fr, dict) else [fr]
+                    rec.error, rec.finish_s = "aborted by the server: " + " ".join(p for p in parts if p), None
     if finish is None:
         rec.error, rec.finish_s = "stream ended without a finish reason", None
     else:

@@ -1,9 +1,18 @@
 """Start and stop a real SGLang server (stock ``python -m sglang.launch_server``), for the demo, the live
 experiments and the integration tests.
 
+SGLang's own utilities do the generic parts: ``get_free_port`` (``sglang.srt.utils.network``) picks the port,
+``wait_for_http_ready`` (``sglang.utils``) waits for ``/health`` and notices a server that exited, and
+``kill_process_tree`` (``sglang.srt.utils``) ends a server that did not exit in its grace period. They are imported
+on first use (importing SGLang takes ~7 s and ~0.9 GB once per client process; constants such as
+:data:`TINY_MODEL` stay cheap). The launch itself stays a ``Popen`` here: SGLang's ``launch_server_cmd`` splits a
+command string on spaces and inherits the caller's stdout, and servers here need a log file, their own process group
+and an environment of their own.
+
 Stopped by PID in every outcome: the server runs in its own process group (its scheduler and detokenizer are
-children), :meth:`ServerProcess.stop` sends SIGTERM to the group (SGLang drains and exits), then SIGKILL after a
-grace period; an ``atexit`` hook covers exits that skip ``__exit__``.
+children), :meth:`ServerProcess.stop` sends SIGTERM to the group, then SGLang's ``kill_process_tree`` and a SIGKILL
+to the group after a grace period; an ``atexit`` hook covers exits that skip ``__exit__``. :meth:`ServerProcess.drain`
+is the operator's SIGTERM (to the launcher only: SGLang finishes what is in flight, then exits).
 """
 
 from __future__ import annotations
@@ -12,14 +21,11 @@ import atexit
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-
-import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = ROOT / "models" / "tiny-llama"
@@ -47,9 +53,10 @@ def cpu_server_args(
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free TCP port, from SGLang's ``get_free_port`` (binds on every configured address family)."""
+    from sglang.srt.utils.network import get_free_port
+
+    return int(get_free_port())
 
 
 class ServerError(RuntimeError):
@@ -110,15 +117,15 @@ class ServerProcess:
         return self
 
     def _wait_healthy(self, t0: float) -> None:
-        assert self.proc is not None
-        while time.monotonic() - t0 < self.startup_timeout_s:
-            if self.proc.poll() is not None:
-                raise ServerError(f"server exited with code {self.proc.returncode} during start-up:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.base_url + "/health", timeout=2.0).status_code == 200:
-                    return
-            time.sleep(0.5)
-        raise ServerError(f"server not healthy after {self.startup_timeout_s:.0f} s:\n{self.log_tail()}")
+        from sglang.utils import wait_for_http_ready
+
+        left = max(self.startup_timeout_s - (time.monotonic() - t0), 1.0)
+        try:
+            wait_for_http_ready(self.base_url + "/health", timeout=int(left) + 1, process=self.proc)
+        except RuntimeError as e:  # the process exited
+            raise ServerError(f"server exited during start-up ({e}):\n{self.log_tail()}") from None
+        except TimeoutError:
+            raise ServerError(f"server not healthy after {self.startup_timeout_s:.0f} s:\n{self.log_tail()}") from None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -134,11 +141,32 @@ class ServerProcess:
             try:
                 proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                _kill_tree(proc.pid)
                 proc.wait(timeout=10)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # stragglers (scheduler/detokenizer) of the group
+
+    def drain(self, timeout_s: float = 120.0, children_grace_s: float = 15.0) -> tuple[int | None, list[int]]:
+        """SIGTERM to the launcher only, as an orchestrator does: SGLang finishes what is in flight, then exits and
+        ends its scheduler and detokenizer. Returns (the launcher's exit code, or ``None`` if it did not exit within
+        ``timeout_s``; the pids of its process group still alive ``children_grace_s`` after it exited). Whatever
+        is left is then stopped."""
+        proc = self.proc
+        if proc is None:
+            return None, []
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            code: int | None = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            code = None
+        left = _group_members(proc.pid)
+        deadline = time.monotonic() + children_grace_s
+        while code is not None and left and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left = _group_members(proc.pid)
+        self.stop()
+        return code, left
 
     def log_tail(self, n: int = 40) -> str:
         try:
@@ -157,3 +185,23 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _kill_tree(pid: int) -> None:
+    """SGLang's ``kill_process_tree`` (SIGKILL to the process and its children, waits for them to be reaped)."""
+    from sglang.srt.utils import kill_process_tree
+
+    with contextlib.suppress(RuntimeError, ProcessLookupError):
+        kill_process_tree(pid, include_parent=True, wait_timeout=30)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group ``pgid``."""
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["pid", "status"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                out.append(p.pid)
+    return out

@@ -6,6 +6,7 @@ import importlib
 
 BUILTIN_MODULES = (
     "policies.sglang_baseline",
+    "policies.edf",
     "policies.vllm",
     "policies.sarathi",
     "policies.cacheopt",

@@ -35,10 +35,41 @@ class SGLangBaselineConfig:
     retraction_policy: str = opt("length", "Victim order on decode OOM.", ("length", "priority"))
     mixed_chunk: bool = opt(False, "SGLang --enable-mixed-chunk the baseline mirrors (decodes ride with prefill "
                             "chunks).")  # fmt: skip
+    enable_priority_scheduling: bool = opt(False, "SGLang --enable-priority-scheduling the baseline mirrors (queue "
+                                           "sorted by request priority; preemption to schedule when the request "
+                                           "slots are full).")  # fmt: skip
+    schedule_low_priority_values_first: bool = opt(False, "SGLang --schedule-low-priority-values-first (default: "
+                                                   "higher values first).")  # fmt: skip
+    priority_scheduling_preemption_threshold: int = opt(10, "SGLang --priority-scheduling-preemption-threshold: "
+                                                        "priority difference needed to preempt.")  # fmt: skip
+    disable_priority_preemption: bool = opt(False, "SGLang --disable-priority-preemption.")
+    priority_by_class: str = opt("", "Simulator: a request's priority from its SLO class, e.g. "
+                                 "'tight=2,medium=1,loose=0' (the server takes the request's own priority field); "
+                                 "unlisted classes get SGLang's default (the lowest).")  # fmt: skip
 
     def __post_init__(self) -> None:
         _check(self.schedule_conservativeness > 0, "--ext-sglang-schedule-conservativeness", "must be > 0")
         _check(self.chunked_prefill_size > 0, "--ext-sglang-chunked-prefill-size", "must be > 0")
+        prio = self.enable_priority_scheduling
+        _check(not prio or self.schedule_policy == "fcfs", "--ext-sglang-enable-priority-scheduling",
+               "needs schedule policy fcfs (SGLang refuses lpm with it)")  # fmt: skip
+        _check(self.retraction_policy != "priority" or prio, "--ext-sglang-retraction-policy",
+               "priority needs --ext-sglang-enable-priority-scheduling (as SGLang)")  # fmt: skip
+        self.priority_map()  # validates --ext-sglang-priority-by-class
+
+    def priority_map(self) -> dict[str, int]:
+        """``priority_by_class`` parsed: SLO class name -> integer priority."""
+        out: dict[str, int] = {}
+        flag = "--ext-sglang-priority-by-class"
+        for part in filter(None, (p.strip() for p in self.priority_by_class.split(","))):
+            name, sep, value = (x.strip() for x in part.partition("="))
+            _check(bool(sep) and bool(name), flag, f"{part!r}: expected CLASS=INT")
+            _check(name not in out, flag, f"class {name!r} given twice")
+            try:
+                out[name] = int(value)
+            except ValueError:
+                raise ConfigError(f"{flag}: {part!r}: priority {value!r} is not an integer") from None
+        return out
 
 
 @dataclass(frozen=True)
@@ -95,6 +126,7 @@ class CacheOptConfig:
     swap_or_recompute: bool = opt(True, "C5: choose the faster of swap and recompute (off: recompute).")
     swap_block_tokens: int = opt(16, "C5: tokens per swapped KV block (one copy each way per block).")
     swap_block_overhead_us: float = opt(1.0, "C5: fixed cost per swapped block per direction, microseconds.")
+    swap_space_tokens: int = opt(65536, "C5: host memory for swapped-out KV, in tokens (0: never swap, recompute).")
     waiting_window: int = opt(32, "C2: waiting requests considered per iteration (bounds plan() cost).")
     mixed_chunk: bool = opt(False, "Batching: decodes ride along with prefill chunks (off: SGLang's alternation).")
 
@@ -109,6 +141,7 @@ class CacheOptConfig:
         _check(0 <= self.victim_tolerance < 1, "--ext-cacheopt-victim-tolerance", "must be in [0, 1)")
         _check(self.swap_block_tokens > 0, "--ext-cacheopt-swap-block-tokens", "must be > 0")
         _check(self.swap_block_overhead_us >= 0, "--ext-cacheopt-swap-block-overhead-us", "must be >= 0")
+        _check(self.swap_space_tokens >= 0, "--ext-cacheopt-swap-space-tokens", "must be >= 0")
         _check(self.waiting_window > 0, "--ext-cacheopt-waiting-window", "must be > 0")
 
 
@@ -154,7 +187,7 @@ class AccelGenConfig:
         _check(self.pack_window >= 1, "--ext-accelgen-pack-window", "must be >= 1")
 
 
-POLICY_CHOICES = ("none", "sglang", "vllm", "sarathi", "cacheopt", "accelgen", "cacheopt+accelgen")
+POLICY_CHOICES = ("none", "sglang", "edf", "vllm", "sarathi", "cacheopt", "accelgen", "cacheopt+accelgen")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,23 @@ KV management is Sarathi's (it is built on vLLM v0's block manager): a new promp
 is admitted, keeping a 1% watermark of the pool free, and a decode step that does not fit preempts the most
 recently scheduled request (recompute). The budget is the host's chunk, else the sglang section's
 ``chunked_prefill_size``; ``max_num_seqs`` is 256.
+
+Is ``sarathi`` the same as ``sglang`` with SGLang's mixed chunk (``--ext-sglang-mixed-chunk``) at the same budget?
+Checked decision by decision in the simulator (``tests/test_baselines_vllm_sarathi.py``): **the batching is the
+same, the KV management is not.** Both split one budget per iteration the same way — one token per running decode,
+then the prompt whose chunked prefill is in progress, then new prompts first come first served, the last one cut
+to what is left — so with page size 1 and a KV pool that never binds they form identical batches at every
+iteration. They differ
+
+* with pages > 1: SGLang charges the budget page-rounded extends and cuts chunks at page boundaries;
+* whenever KV binds: Sarathi allocates a new prompt's whole KV and admits until the pool (less the 1% watermark)
+  is full, reserving nothing for outputs; SGLang admits only while ``extend + max_new + page`` fits under its
+  ``new_token_ratio`` reservation for the running requests' remaining outputs;
+* on preemption: Sarathi preempts the most recently scheduled request (recompute) while planning the step and
+  admits nothing in it, and re-queues preempted requests in front; SGLang never retracts in a mixed step (the
+  decodes sit it out when they do not fit), retracts in decode-only steps the request with the fewest outputs
+  (then the longest prompt), and re-queues it at the back;
+* in request slots: ``max_num_seqs`` 256 vs SGLang's ``--max-running-requests`` (unbounded here by default).
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ class WaitingView:
     swapped_out: bool = False  # KV sits in host memory: resuming is a swap-in, not a prefill
     first_token_s: float | None = None  # set when the request already produced tokens before a preemption
     kv_allocated: int = 0  # mid-prefill: cached prefix + its ledger allocation (0 = not admitted yet)
+    priority: int | None = None  # SGLang's request priority (the client's field; in the simulator from its class)
 
     @property
     def seq_len(self) -> int:
@@ -79,6 +80,7 @@ class RunningView:
     kv_lent: int = 0  # tokens of its allocation lent to pairwise guests (C2; the host's ledger)
     lender: str | None = None  # a guest's lender: a request id or ``host.ledger.BATCH`` (C2)
     reserve_drawn: int = 0  # tokens of its top-ups drawn from the global reserve (C3)
+    priority: int | None = None  # SGLang's request priority (see WaitingView)
 
     @property
     def seq_len(self) -> int:

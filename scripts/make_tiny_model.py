@@ -12,6 +12,10 @@ Mistral responses). Weights come from ``--load-format dummy`` at serve time. Two
   token). Per-token compute now dominates: a prefill chunk of a few hundred tokens lengthens an iteration several
   times over a decode step (``scripts/accelgen_live.py --measure`` measures it on the machine at hand). This is the
   live regime where a chunk size, fixed (SGLang) or per iteration (AccelGen A1), matters for TBT.
+
+The tokenizer carries Mistral-Instruct's chat format (``[INST] ... [/INST]``) so SGLang's ``/v1/chat/completions``
+and ``bench_serving --apply-chat-template`` work; a system message is put before the first user turn (Mistral's
+format has no system role).
 """
 
 from __future__ import annotations
@@ -32,6 +36,15 @@ PRESETS: dict[str, dict[str, Any]] = {
               "num_key_value_heads": 8},
 }  # fmt: skip
 DEFAULT_OUT = ROOT / "models" / "tiny-llama"
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(system='') %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% set ns.system = message['content'] + '\\n\\n' %}"
+    "{% elif message['role'] == 'user' %}{{ '[INST] ' + ns.system + message['content'] + ' [/INST]' }}"
+    "{% set ns.system = '' %}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + eos_token }}"
+    "{% endif %}{% endfor %}"
+)
 
 
 def default_out(preset: str) -> Path:
@@ -49,6 +62,7 @@ def write(out: Path, preset: str = "tiny", **overrides: Any) -> Path:
         raise SystemExit(f"make_tiny_model: tokenizer file {SP_MODEL} is missing (is mistral_common installed?)")
     shutil.copy(SP_MODEL, out / "tokenizer.model")
     tok = LlamaTokenizer.from_pretrained(out, legacy=False)  # converts the SentencePiece model (needs protobuf)
+    tok.chat_template = CHAT_TEMPLATE
     cfg = LlamaConfig(
         vocab_size=tok.vocab_size,
         max_position_embeddings=4096,

@@ -25,6 +25,8 @@ else
   [ -x "$venv/bin/python" ] || { step "creating $venv"; "$py" -m venv "$venv" || fail "python -m venv"; }
   pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
   if [ "$flavour" = cpu ]; then
+    # sglang goes in with --no-deps: pip_quiet.sh drops pip's ~60 "sglang requires <GPU package>" lines after it
+    pip=(bash "$root/scripts/pip_quiet.sh" "$venv/bin/python")
     step "torch 2.14.1 + torchvision 0.29.1 (SGLang 0.5.23's pin; CPU-capable build)"
     "${pip[@]}" torch==2.14.1 torchvision==0.29.1 || fail "torch"
     step "sglang 0.5.23 without its CUDA dependency set"

@@ -79,7 +79,11 @@ def _mirror_sglang_flags(cfg: Any, server_args: Any) -> Any:
         schedule_conservativeness=float(server_args.schedule_conservativeness),
         chunked_prefill_size=int(chunk) if chunk and chunk > 0 else sg.chunked_prefill_size,
         retraction_policy=server_args.retraction_policy or sg.retraction_policy,
-        mixed_chunk=bool(server_args.enable_mixed_chunk),
+        mixed_chunk=bool(server_args.enable_mixed_chunk) or sg.mixed_chunk,  # the flag turns SGLang's mode on below
+        enable_priority_scheduling=bool(server_args.enable_priority_scheduling),
+        schedule_low_priority_values_first=bool(server_args.schedule_low_priority_values_first),
+        priority_scheduling_preemption_threshold=int(server_args.priority_scheduling_preemption_threshold),
+        disable_priority_preemption=bool(server_args.disable_priority_preemption),
     )
     return dataclasses.replace(cfg, sglang=mirrored)
 
@@ -122,8 +126,9 @@ def load() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     from sglang_ext.adapter.hooks import SCHEDULER_HOOKS
+    from sglang_ext.metrics import METRICS_HOOKS
 
     HookRegistry.register("sglang.srt.server_args.ServerArgs.add_cli_args", _after_add_cli_args, HookType.AFTER)
     HookRegistry.register("sglang.srt.server_args.ServerArgs.from_cli_args", _around_from_cli_args, HookType.AROUND)
-    for target, fn, kind in SCHEDULER_HOOKS:
+    for target, fn, kind in (*SCHEDULER_HOOKS, *METRICS_HOOKS):
         HookRegistry.register(target, fn, HookType[kind])

@@ -23,8 +23,9 @@ from policies.latency import IterationLatencyModel
 from policies.length_dist import LengthDistribution
 from policies.views import LengthEstimate
 from sglang_ext.adapter import hooks
+from tests.sglang_harness import CHUNK, POOL, StockSGLang, script
 from tests.test_adapter_faithful import plugin_hooks  # noqa: F401 - the plugin's hooks on SGLang's classes
-from tests.test_sglang_faithful import CHUNK, POOL, StockSGLang, script, sglang_ready  # noqa: F401
+from tests.test_sglang_faithful import sglang_ready  # noqa: F401
 
 pytestmark = pytest.mark.slow
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from policies.base import create
+from policies.capabilities import HostCapabilities
 from policies.config import ExtConfig, SGLangBaselineConfig
 from policies.latency import IterationLatencyModel
 from policies.sglang_baseline import SGLangPolicy
@@ -129,3 +130,55 @@ def test_lpm_orders_by_cached_prefix():
     plan = p.plan(view([w("a", 100), w("b", 100, cached_len=64)], free=5000, evictable=64))
     assert [a.rid for a in plan.admit] == ["b", "a"]
     assert plan.admit[0].prefill_tokens == 36
+
+
+# --- the device-default chunk and SGLang's mixed chunk (--enable-mixed-chunk) -------------------------------------
+
+
+def test_chunk_is_the_hosts_when_given():
+    """The scenario/profile passes SGLang's device default as the host's chunk; the config's is the fallback."""
+    p = create("sglang", LAT, ExtConfig(), HostCapabilities(chunked_prefill_size=8192))
+    assert p.chunked_prefill_size == 8192
+    assert [(a.rid, a.prefill_tokens) for a in p.plan(view([w("long", 9000)], free=20_000)).admit] == [("long", 8192)]
+    assert pol(chunked_prefill_size=512).chunked_prefill_size == 512
+
+
+def mixed(**kw) -> SGLangPolicy:
+    p = pol(mixed_chunk=True, **kw)
+    assert p.mixed and SGLangPolicy.needs_mixed_chunk(p.config)
+    return p
+
+
+def test_mixed_charges_one_token_per_decode_to_the_chunk_and_the_budget():
+    running = [r(f"d{i}", 5, 1, max_new=2) for i in range(10)]  # each still expected to take 0.7 * 1 token
+    plan = mixed(chunked_prefill_size=64).plan(view([w("x", 100)], running))
+    assert [(a.rid, a.prefill_tokens) for a in plan.admit] == [("x", 54)]  # 64 - 10 decodes
+    assert plan.run_decodes  # a mixed step
+    assert pol(chunked_prefill_size=64).plan(view([w("x", 100)], running)).admit[0].prefill_tokens == 64
+    # the admission check counts the decodes too: 30 + 100 + 1 < free - 10 - 7
+    assert mixed().plan(view([w("y", 30)], running, free=148)).admit == ()
+    assert mixed().plan(view([w("y", 30)], running, free=149)).admit
+
+
+def test_mixed_decodes_sit_out_when_the_prefill_leaves_no_room():
+    running = [r(f"d{i}", 15, 1, max_new=2) for i in range(4)]  # page 16: each needs a new page (kv 16)
+    plan = mixed().plan(view([w("x", 20, max_new=1)], running, free=80, page=16))
+    # x passes 20 + 1 + 16 < 80 - 4 - 2.8; its two pages leave 48 < 64 tokens for the decodes' four pages
+    assert [a.rid for a in plan.admit] == ["x"] and not plan.run_decodes
+    plan = mixed().plan(view([w("x", 20, max_new=1)], running, free=96, page=16))
+    assert plan.run_decodes
+
+
+def test_mixed_step_clears_batch_is_full_and_does_not_decay():
+    p = mixed()
+    running = [r("a", 10, 20, max_new=120)]
+    # y does not fit after x: NO_TOKEN with a non-empty batch
+    plan = p.plan(view([w("x", 20, max_new=50), w("y", 50)], running, free=222))
+    assert [a.rid for a in plan.admit] == ["x"] and plan.run_decodes
+    assert not p.batch_is_full  # the mixed batch becomes the running batch, whose flag starts clear
+    ratio = p.ratio.current
+    p.plan(view([w("y", 50)], running, free=5000))
+    assert p.ratio.current == ratio  # no decode-only step happened in between
+    q = pol()
+    q.plan(view([w("x", 20, max_new=50), w("y", 50)], running, free=222))
+    assert q.batch_is_full  # without mixed chunk the flag stays on the running batch

@@ -84,6 +84,11 @@ def make_app(fake: Fake) -> web.Application:
             )
             await resp.write(b"data: " + json.dumps({"error": {"message": msg}}).encode() + b"\n\ndata: [DONE]\n\n")
             return resp
+        if body["rid"].endswith("-refused"):  # SGLang's queue-full refusal on a stream: an abort finish reason
+            fr = {"type": "abort", "status_code": 503, "message": "The request queue is full."}
+            meta = {"completion_tokens": 0, "prompt_tokens": 1, "finish_reason": fr}
+            await resp.write(b"data: " + json.dumps({"text": "", "meta_info": meta}).encode() + b"\n\ndata: [DONE]\n\n")
+            return resp
         if body["rid"].endswith("-slowstart"):
             await asyncio.sleep(1.5)  # a long queue before the first token
         done, prompt = 0, len(body.get("input_ids") or body.get("text", "").split())
@@ -223,6 +228,7 @@ def test_errors_become_failed_records_and_metrics_may_be_missing(fake: Fake) -> 
     specs[1] = replace(specs[1], rid=specs[1].rid + "-bad", output_len=8)
     specs[2] = replace(specs[2], rid=specs[2].rid + "-err", output_len=8)
     specs[3] = replace(specs[3], rid=specs[3].rid + "-big", output_len=5)
+    specs[4] = replace(specs[4], rid=specs[4].rid + "-refused", output_len=5)
     fake.metrics = False
     with serve_in_thread(fake) as url:
         records, summary = run_load(url, specs, progress=False)
@@ -230,7 +236,9 @@ def test_errors_become_failed_records_and_metrics_may_be_missing(fake: Fake) -> 
     assert by[specs[1].rid].error == "HTTP 400: custom_params: ttft_slo_ms must be positive"
     assert by[specs[2].rid].error == "server error: scheduler crashed"
     assert by[specs[3].rid].ok and by[specs[3].rid].output_len == 5
-    assert summary["failed"] == 2 and summary["completed"] == 4 and summary["aborted"] is None
+    assert by[specs[4].rid].error == "aborted by the server: 503 The request queue is full."  # refused, not done
+    assert summary["failed"] == 3 and summary["completed"] == 3 and summary["aborted"] is None
+    assert summary["finish_reasons"] == {"stop": 3, "abort": 1}
     assert summary["preemptions"] == 1 and summary["preemptions_source"].startswith("meta_info")
 
 

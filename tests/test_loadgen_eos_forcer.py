@@ -9,6 +9,7 @@ tests/test_loadgen_server.py.
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import torch
@@ -107,8 +108,32 @@ def test_without_request_handle_it_counts_calls_and_honours_eos_override() -> No
     assert picks[:2] != [9, 9] and picks[2] == 9
 
 
-def test_serialises_by_reference() -> None:
-    text = ForceEosAtLength.to_str()
-    assert forcer_ref() == text  # the load generator names the class without importing SGLang
-    assert len(text) < 400  # dill ships the class by reference: the server imports this module
-    assert isinstance(ForceEosAtLength.from_str(text), ForceEosAtLength)
+def test_serialises_by_reference_with_sglangs_own_serialization() -> None:
+    text = forcer_ref()
+    assert text == ForceEosAtLength.to_str()  # the load generator sends exactly SGLang's serialization
+    assert len(text) < 400 and b"sglang_ext.logit_processors" in bytes.fromhex(json.loads(text)["callable"])
+    assert isinstance(ForceEosAtLength.from_str(text), ForceEosAtLength)  # what the server does with it
+
+
+def test_no_policy_view_carries_the_target_length() -> None:
+    """The target travels only in ``custom_params`` for the forcer: the processor string is the class (the same
+    for every request) and the adapter's views of a request are the same with or without a target."""
+    from policies.views import SLO
+    from sglang_ext.adapter import translate
+
+    def req(params: dict) -> SimpleNamespace:
+        sp = SimpleNamespace(max_new_tokens=500, custom_params=params)
+        return SimpleNamespace(rid="r", origin_input_ids=[1] * 30, output_ids=[5] * 7, sampling_params=sp,
+                               extend_end=None, prefix_len=0)  # fmt: skip
+
+    slo_only = {"ttft_slo_ms": 900.0, "tbt_slo_ms": 50.0}
+    with_target, without = req({**slo_only, "target_len": 42}), req(slo_only)
+    default = SLO(None, None)
+    assert translate.request_slo(with_target, default) == translate.request_slo(without, default)
+    from host.core import AllocationFields
+
+    alloc = AllocationFields(kv_allocated=36)
+    running = lambda r, t, slo, est, _: translate.running_view(r, t, slo, est, alloc, None, None)  # noqa: E731
+    for build in (translate.waiting_view, running):
+        a, b = (build(r, 0.0, translate.request_slo(r, default), None, None) for r in (with_target, without))
+        assert a == b and "42" not in repr(a)

@@ -16,7 +16,7 @@ from eval.server import ServerProcess, cpu_server_args
 pytestmark = pytest.mark.server
 
 
-@pytest.mark.parametrize("policy", ["vllm", "sarathi", "cacheopt", "accelgen", "cacheopt+accelgen"])
+@pytest.mark.parametrize("policy", ["edf", "vllm", "sarathi", "cacheopt", "accelgen", "cacheopt+accelgen"])
 def test_policy_serves_a_burst(policy: str, tmp_path: Path) -> None:
     extra = ["--ext-policy", policy, "--ext-predictor-mode", "online", "--ext-default-tbt-slo-ms", "200"]
     args = cpu_server_args(pool_tokens=1024, extra=extra)

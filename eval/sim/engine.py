@@ -104,6 +104,7 @@ class Simulator(KVOps):
         self.now = 0.0
         self._zero_dt = 0
         self._wtuple: tuple | None = None  # cached views of the waiting queue (None: rebuild)
+        self._priority_of = policy.config.sglang.priority_map()  # SLO class -> SGLang request priority
 
     # --- main loop ------------------------------------------------------------------------------------------
     def run(self, specs: Iterable[RequestSpec]) -> SimResult:
@@ -297,6 +298,7 @@ class Simulator(KVOps):
         blocks = ids + tuple((spec.rid, j) for j in range(len(ids), nblocks))
         est = self.estimator(dataclasses.replace(spec, output_len=-1)) if self.estimator else None
         r = SimRequest(spec, max_new, blocks, lens, est)
+        r.priority = self._priority_of.get(spec.slo_class)
         r.match_epoch = -1 if ids and self.prefix_cache else -2  # -2: nothing it could match yet
         if r.match_epoch == -1:
             self.pool.cache.stale.append(r)

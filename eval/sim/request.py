@@ -36,6 +36,7 @@ class SimRequest:
         "nodes",
         "output_len",
         "prefilled_len",
+        "priority",
         "prompt_len",
         "record",
         "rid",
@@ -86,6 +87,7 @@ class SimRequest:
         self.version = 0
         self.view: WaitingView | RunningView | None = None
         self.view_version = -1
+        self.priority: int | None = None  # SGLang's request priority (from the SLO class; see engine._arrive)
 
     @property
     def seq_len(self) -> int:
@@ -106,7 +108,7 @@ def _waiting_fields(r: SimRequest, a: AllocationFields | None) -> tuple:
     t = r.record.token_times_s
     return (r.rid, r.arrival_s, r.prompt_len, r.max_new_tokens, r.slo, r.cached_len, r.output_len,
             r.prefilled_len, r.estimate, r.host_tokens > 0, t[0] if t else None,
-            a.kv_allocated if a is not None else 0)  # fmt: skip
+            a.kv_allocated if a is not None else 0, r.priority)  # fmt: skip
 
 
 def _running_fields(r: SimRequest, a: AllocationFields) -> tuple:
@@ -115,7 +117,7 @@ def _running_fields(r: SimRequest, a: AllocationFields) -> tuple:
     t = r.record.token_times_s
     return (r.rid, r.arrival_s, r.prompt_len, r.output_len, r.max_new_tokens, r.kv_used, a.kv_allocated, r.slo,
             r.estimate, t[-1] if t else None, t[0] if t else None, r.cached_len, a.kv_lent, a.lender,
-            a.reserve_drawn)  # fmt: skip
+            a.reserve_drawn, r.priority)  # fmt: skip
 
 
 def waiting_view(r: SimRequest, a: AllocationFields | None = None) -> WaitingView:

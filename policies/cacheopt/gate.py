@@ -71,6 +71,8 @@ class CacheOptGate:
         self._capacity = 0
         self._evictable = 0
         self._phys = 0  # physical tokens left for this pass's chunks
+        self._debt: dict[str, int] = {}  # rest of the prompts of admitted chunked prefills, held physically
+        self.blocked = 0  # tokens a continuing chunk lacks physically (the policy preempts to make room)
         self._remaining = 0  # the engine budget's remaining_total (SGLang's arithmetic)
         self._hold = 0
         self._reserve = 0  # reserve left
@@ -102,7 +104,11 @@ class CacheOptGate:
         self._evictable = pool.evictable_tokens
         self._idle = not running and not pending
         avail = pool.available_tokens - (len(running) if self.mixed else 0)
-        self._phys = pool.available_tokens - decode_need(running, page)
+        # physically free KV for this pass, minus the next decode step and the rest of every admitted prompt whose
+        # chunked prefill is under way (SGLang continues a chunk whatever happens: it must always fit)
+        self._debt = {w.rid: ceil_page(w.seq_len, page) - ceil_page(w.prefilled_len, page) for w in pending}
+        self._phys = pool.available_tokens - decode_need(running, page) - sum(self._debt.values())
+        self.blocked = 0
         size = self._reserve_size = self.reserve_size(view)
         reserve = max(size - sum(r.reserve_drawn for r in running), 0)
         rooms = np.fromiter((r.kv_allocated - r.kv_used - r.kv_lent for r in running), np.int64, len(running))
@@ -164,8 +170,12 @@ class CacheOptGate:
             if 0 < self._remaining < prefill_tokens:
                 prefill_tokens = max(self._remaining // page * page, 1)
                 immediate = ceil_page(prefill_tokens, page) + page
-            if immediate > self._phys:
-                return None  # physically impossible: the running batch must shrink first
+            paid = min(self._debt.pop(req.rid, 0), ceil_page(prefill_tokens, page))
+            if immediate > self._phys + paid:
+                self._debt[req.rid] = paid
+                self.blocked = immediate - self._phys - paid  # the running batch must shrink first (plan.preempt)
+                return None
+            self._phys += paid
             self._phys -= immediate
             self._remaining -= immediate
             alloc = req.kv_allocated - req.cached_len
@@ -197,6 +207,12 @@ class CacheOptGate:
         else:
             self._outstanding += alloc - d.prompt
         return Admit(req.rid, prefill_tokens, reserve_tokens=alloc, host_rid=lender, budget_tokens=charge)
+
+    def credit(self, tokens: int) -> None:
+        """Preemptions decided in this pass free ``tokens`` of KV before the admissions run."""
+        self._phys += tokens
+        self._remaining += tokens
+        self.blocked = 0
 
     def topups(self) -> tuple[tuple[str, int], ...]:
         return tuple(self._topups)
@@ -267,8 +283,12 @@ class CacheOptGate:
     def _begin_pool(self, view: SchedulerView, pending: list[WaitingView]) -> None:
         cfg = self.cfg
         running = view.running
-        self._rule.begin(running, pending, view.waiting[: cfg.waiting_window])
-        used = sum(r.kv_used - r.cached_len for r in running) + sum(w.seq_len - w.cached_len for w in pending)
+        n = len(running) + len(pending)
+        used_now = np.fromiter(
+            [*(r.kv_used - r.cached_len for r in running), *(w.seq_len - w.cached_len for w in pending)], float, n
+        )
+        self._rule.begin(running, pending, view.waiting[: cfg.waiting_window], used_now)
+        used = float(used_now.sum())
         conf = cfg.pool_confidence / (1.0 + cfg.pool_rate_beta * max(view.arrival_rate, 0.0))
         self._z = margin_z(conf)
         self._used = float(used)

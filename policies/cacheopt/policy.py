@@ -45,6 +45,7 @@ class CacheOptPolicy(Policy):
         gate.begin(view)
         budget = self.chunk
         admits: list[Admit] = []
+        preempt: tuple[Preempt, ...] = ()
         prefill = 0
         never_fit = 0
         for req in self._candidates(view):
@@ -55,6 +56,14 @@ class CacheOptPolicy(Policy):
             else:
                 chunk = min(max(req.seq_len - max(req.prefilled_len, req.cached_len), 1), budget)
             a = gate.admit(req, chunk)
+            if a is None and gate.blocked > 0 and not preempt:
+                # the chunk in progress cannot continue physically (SGLang would continue it anyway and run out of
+                # memory): preempt running requests by C4/C5 first, within this plan
+                preempt = gate.victims(view, gate.blocked)
+                if preempt:
+                    out = {p.rid for p in preempt}
+                    gate.credit(sum(r.kv_used - r.cached_len for r in view.running if r.rid in out))
+                    a = gate.admit(req, chunk)
             if a is None:
                 if gate.permanent_reject:
                     never_fit += 1
@@ -72,6 +81,7 @@ class CacheOptPolicy(Policy):
         return IterationPlan(
             admit=tuple(admits),
             token_budget=prefill + (len(view.running) if run_decodes else 0),
+            preempt=preempt,
             topups=gate.topups(),
             reserve_draws=gate.reserve_draws(),
             kv_hold=gate.hold(),

@@ -1,12 +1,18 @@
-"""The pool rule's state across planning passes: the live requests' demand profile, kept incrementally.
+"""The pool rule's state across planning passes: each live request's survival row, kept incrementally.
 
-Why incremental: the profile of 256 running requests on ~40 future steps costs about a millisecond to compute from
-their distributions, and a plan must cost under ~100 us. Between two passes the live set changes by a few requests
-(admissions, finishes, preemptions): a departed request's row is subtracted, an admitted one's row was added when it
-was admitted. The whole profile is recomputed every ``refresh`` passes (or when much of the set changed), so no row is
-more than ``refresh`` decode steps old — small beside the hundreds to thousands of steps the rule looks ahead, and
-conservative for requests whose peak already passed. Candidate rows (a waiting request's demand from the moment it is
-admitted) do not change while it waits, so they are cached per request until the grid changes.
+Why incremental: a live request's survival row ``s_i(t)`` (the chance it still runs ``t`` steps from now) costs a
+log-normal evaluation per grid step; 256 rows on ~40 steps take about a millisecond, and a plan must cost well under
+that. The KV a request holds changes every step, its survival row hardly does: the rows are kept in a matrix, and
+every pass recomputes the profile from them with each request's *current* KV::
+
+    E[S(t)]   = sum_i s_i(t) (u_i + t)             = u @ S + t * sum_i s_i(t)
+    Var[S(t)] = sum_i w_i(t) (u_i + t)^2, w = s(1-s) = u^2 @ W + 2 t (u @ W) + t^2 sum_i w_i(t)
+
+(two matrix-vector products). A departed request's row is dropped, an admitted one's row is added when it is
+admitted. The rows themselves are recomputed every ``refresh`` passes (or when much of the set changed), so no row's
+conditioning on progress is more than ``refresh`` decode steps old — small beside the hundreds to thousands of steps
+the rule looks ahead. Candidate rows (a waiting request's survival from the moment it is admitted) do not change while
+it waits, so they are cached per request until the grid changes.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from policies.views import RunningView, WaitingView
 LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)  # quantile levels of the rule's length table
 ZS = np.asarray([z_of(q) for q in LEVELS])
 MAX_HORIZON = 1 << 17
-REFRESH_PASSES = 32  # recompute the whole profile at least this often (decode steps of staleness)
+REFRESH_PASSES = 32  # recompute the survival rows at least this often (decode steps of staleness)
 CHANGE_SHARE = 0.25  # ... or when this share of the live set changed since
 
 
@@ -33,135 +39,164 @@ class PoolRule:
         self._log_row = log_row  # rid, estimate -> log quantiles at LEVELS, or None (runs to its cap)
         self.refresh = refresh
         self.profile: DemandProfile | None = None
-        self._rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # live rid -> its (mean, var) row
-        self._cand: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}  # waiting rid -> its row if admitted now
+        self._S = np.zeros((0, 0))  # survival rows by slot (an empty slot is a zero row)
+        self._slot: dict[str, int] = {}
+        self._free: list[int] = []
+        self._cand: dict[str, tuple[np.ndarray, int]] = {}  # waiting rid -> (survival row if admitted now, prompt)
         self._age = 0
         self._window: Sequence[WaitingView] = ()
         self.full_recomputes = 0
 
     # --- the live set -------------------------------------------------------------------------------------------
     def begin(
-        self, running: Sequence[RunningView], pending: Sequence[WaitingView], window: Sequence[WaitingView]
+        self,
+        running: Sequence[RunningView],
+        pending: Sequence[WaitingView],
+        window: Sequence[WaitingView],
+        used: np.ndarray,
     ) -> None:
+        """The live requests (running and mid-prefill, in that order) holding ``used`` private tokens now."""
         self._window = window
         live = [r.rid for r in running] + [w.rid for w in pending]
-        rows = self._rows
+        slots = self._slot
         if self.profile is not None and self._age < self.refresh:
             live_set = set(live)
-            gone = [rid for rid in rows if rid not in live_set]
-            new = [rid for rid in live if rid not in rows]
-            if len(gone) + len(new) <= CHANGE_SHARE * max(len(live), 8) and not new:
+            gone = [rid for rid in slots if rid not in live_set]
+            if not any(rid not in slots for rid in live) and len(gone) <= CHANGE_SHARE * max(len(live), 8):
                 for rid in gone:
-                    m, v = rows.pop(rid)
-                    self.profile.mean -= m
-                    self.profile.var -= v
-                np.maximum(self.profile.var, 0.0, out=self.profile.var)
+                    i = slots.pop(rid)
+                    self._S[i] = 0.0
+                    self._free.append(i)
                 self._age += 1
+                self._moments(live, used)
                 return
         self._recompute(running, pending, window)
+        self._moments(live, used)
+
+    def _moments(self, live: list[str], used: np.ndarray) -> None:
+        prof = self.profile
+        assert prof is not None
+        u = np.zeros(self._S.shape[0])
+        if live:
+            u[[self._slot[rid] for rid in live]] = used
+        S = self._S
+        W = S * (1.0 - S)
+        t = prof.grid
+        prof.mean = u @ S + t * S.sum(axis=0)
+        prof.var = (u * u) @ W + 2.0 * t * (u @ W) + t * t * W.sum(axis=0)
 
     def _recompute(
         self, running: Sequence[RunningView], pending: Sequence[WaitingView], window: Sequence[WaitingView]
     ) -> None:
-        """All rows from scratch: the live requests and the candidate window, on a geometric grid refined around
-        the peak of the live profile and of the live profile with every candidate admitted (sharp sawtooth peaks
-        of near-certain lengths fall between coarse steps)."""
+        """All survival rows from scratch: the live requests and the candidate window, on a geometric grid refined
+        around the peak of the live profile and of the live profile with every candidate admitted (sharp sawtooth
+        peaks of near-certain lengths fall between coarse steps)."""
         live_ids = {r.rid for r in running} | {w.rid for w in pending}
         cands = [w for w in window if w.rid not in live_ids]
+        reqs = (*running, *pending, *cands)
         n_live = len(running) + len(pending)
-        n = n_live + len(cands)
-        rids: list[str] = []
-        used = np.empty(n)
-        produced = np.empty(n)
-        cap_left = np.empty(n)
+        n = len(reqs)
+        used = np.fromiter((_private(x) for x in reqs), float, n)
+        produced = np.fromiter((x.output_len for x in reqs), float, n)
+        cap_left = np.fromiter((max(x.max_new_tokens - x.output_len, 1) for x in reqs), float, n)
         logs = np.zeros((n, ZS.size))
         fixed = np.full(n, -1.0)
-        i = 0
-        for r in running:
-            rids.append(r.rid)
-            used[i], produced[i], cap_left[i] = r.kv_used - r.cached_len, r.output_len, r.max_new_tokens - r.output_len
-            i += 1
-        for w in (*pending, *cands):
-            rids.append(w.rid)
-            used[i], produced[i], cap_left[i] = w.seq_len - w.cached_len, w.output_len, w.max_new_tokens - w.output_len
-            i += 1
-        np.maximum(cap_left, 1.0, out=cap_left)
-        for i, x in enumerate((*running, *pending, *cands)):
-            self._fill(logs, fixed, i, x.rid, x.estimate, cap_left[i])
+        for i, x in enumerate(reqs):
+            row = self._log_row(x.rid, x.estimate)
+            if row is None:
+                fixed[i] = cap_left[i]
+            else:
+                logs[i] = row
         table = LengthTable(ZS, logs)
         grid = step_grid(min(horizon_steps(table, produced, cap_left, fixed), MAX_HORIZON))
         prof = DemandProfile(grid, 0.0)
+        S = prof.survival_rows(produced, cap_left, table, fixed) if n else np.zeros((0, grid.size))
         if n:
-            mean, var = prof.contributions(used, produced, cap_left, table, fixed)
+            mean, var = prof.moments(used, S)
             live_m, live_v = mean[:n_live].sum(axis=0), var[:n_live].sum(axis=0)
             peaks = {int(np.argmax(live_m + 1.6 * np.sqrt(live_v)))}
             if cands:
-                peaks.add(
-                    int(np.argmax(live_m + mean[n_live:].sum(axis=0) + 1.6 * np.sqrt(live_v + var[n_live:].sum(0))))
-                )
+                all_m, all_v = live_m + mean[n_live:].sum(axis=0), live_v + var[n_live:].sum(axis=0)
+                peaks.add(int(np.argmax(all_m + 1.6 * np.sqrt(all_v))))
             grid2 = grid
             for k in peaks:
                 grid2 = np.union1d(grid2, refined_grid(grid, k))
             if grid2.size != grid.size:  # evaluate again with steps around the coarse peaks
                 prof = DemandProfile(grid2, 0.0)
-                mean, var = prof.contributions(used, produced, cap_left, table, fixed)
-            prof.add(mean[:n_live], var[:n_live])
-            self._rows = {rids[i]: (mean[i], var[i]) for i in range(n_live)}
-            self._cand = {rids[i]: (mean[i], var[i], int(used[i])) for i in range(n_live, n)}
-        else:
-            self._rows, self._cand = {}, {}
+                S = prof.survival_rows(produced, cap_left, table, fixed)
+        self._S = np.array(S[:n_live], copy=True) if n_live else np.zeros((0, prof.grid.size))
+        self._slot = {x.rid: i for i, x in enumerate(reqs[:n_live])}
+        self._free = []
+        self._cand = {x.rid: (S[i], int(used[i])) for i, x in enumerate(reqs) if i >= n_live}
         self.profile = prof
         self._age = 0
         self.full_recomputes += 1
 
-    def _fill(self, logs: np.ndarray, fixed: np.ndarray, i: int, rid: str, estimate: object, cap_left: float) -> None:
-        row = self._log_row(rid, estimate)
-        if row is None:
-            fixed[i] = max(cap_left, 1.0)
-        else:
-            logs[i] = row
-
     # --- candidates -------------------------------------------------------------------------------------------------
-    def candidate(self, req: WaitingView, prompt: int) -> tuple[np.ndarray, np.ndarray]:
-        """The (mean, var) row ``req`` adds from the moment it is admitted with ``prompt`` private tokens. Rows of
-        the whole candidate window are computed together (one vectorised pass) and cached while the grid holds."""
-        hit = self._cand.get(req.rid)
-        if hit is not None and hit[2] == prompt:
-            return hit[0], hit[1]
-        todo = [(w, w.seq_len - w.cached_len) for w in self._window if w.rid not in self._cand and w.rid != req.rid]
-        todo.append((req, prompt))
+    def candidate(self, req: WaitingView, prompt: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(survival, mean, var) rows ``req`` adds from the moment it is admitted with ``prompt`` private tokens.
+        Survival rows of the whole candidate window are computed together (one vectorised pass) and cached while
+        the grid holds."""
         prof = self.profile
         assert prof is not None
-        n = len(todo)
-        used = np.fromiter((float(p) for _, p in todo), float, n)
-        produced = np.fromiter((float(w.output_len) for w, _ in todo), float, n)
-        cap_left = np.fromiter((float(max(w.max_new_tokens - w.output_len, 1)) for w, _ in todo), float, n)
-        logs = np.zeros((n, ZS.size))
-        fixed = np.full(n, -1.0)
-        for i, (w, _) in enumerate(todo):
-            self._fill(logs, fixed, i, w.rid, w.estimate, cap_left[i])
-        m, v = prof.contributions(used, produced, cap_left, LengthTable(ZS, logs), fixed)
-        for i, (w, p) in enumerate(todo):
-            self._cand[w.rid] = (m[i], v[i], p)
-        return m[-1], v[-1]
+        hit = self._cand.get(req.rid)
+        if hit is None:
+            todo = [w for w in self._window if w.rid not in self._cand and w.rid != req.rid]
+            todo.append(req)
+            n = len(todo)
+            produced = np.fromiter((w.output_len for w in todo), float, n)
+            cap_left = np.fromiter((max(w.max_new_tokens - w.output_len, 1) for w in todo), float, n)
+            logs = np.zeros((n, ZS.size))
+            fixed = np.full(n, -1.0)
+            for i, w in enumerate(todo):
+                row = self._log_row(w.rid, w.estimate)
+                if row is None:
+                    fixed[i] = cap_left[i]
+                else:
+                    logs[i] = row
+            S = prof.survival_rows(produced, cap_left, LengthTable(ZS, logs), fixed)
+            for i, w in enumerate(todo):
+                self._cand[w.rid] = (S[i], _private(w))
+            hit = self._cand[req.rid]
+        s = hit[0]
+        m, v = prof.moments(np.asarray([float(prompt)]), s[None, :])
+        return s, m[0], v[0]
 
     def peak(self, z: float) -> float:
         p = self.profile
         return 0.0 if p is None else float(np.max(p.mean + z * np.sqrt(p.var)))
 
-    def peak_with(self, row: tuple[np.ndarray, np.ndarray], z: float) -> float:
+    def peak_with(self, row: tuple[np.ndarray, np.ndarray, np.ndarray], z: float) -> float:
         p = self.profile
         assert p is not None
-        return float(np.max(p.mean + row[0] + z * np.sqrt(p.var + row[1])))
+        return float(np.max(p.mean + row[1] + z * np.sqrt(p.var + row[2])))
 
-    def add(self, rid: str, row: tuple[np.ndarray, np.ndarray]) -> None:
+    def add(self, rid: str, row: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
         """``rid`` was admitted: its row joins the live profile."""
         p = self.profile
         assert p is not None
-        p.mean += row[0]
-        p.var += row[1]
-        self._rows[rid] = row
+        p.mean += row[1]
+        p.var += row[2]
+        if self._free:
+            i = self._free.pop()
+        else:
+            i = self._S.shape[0]
+            self._S = np.vstack([self._S, np.zeros((max(8, i // 2), self._S.shape[1] or row[0].size))])
+            self._free.extend(range(self._S.shape[0] - 1, i, -1))
+        self._S[i] = row[0]
+        old = self._slot.get(rid)
+        if old is not None:
+            self._S[old] = 0.0
+            self._free.append(old)
+        self._slot[rid] = i
         self._cand.pop(rid, None)
 
     def forget(self, rid: str) -> None:
         self._cand.pop(rid, None)
+
+
+def _private(x: RunningView | WaitingView) -> float:
+    """Private KV a live request holds (running) or will hold once its prompt is in (waiting, mid-prefill)."""
+    if isinstance(x, RunningView):
+        return float(x.kv_used - x.cached_len)
+    return float(x.seq_len - x.cached_len)

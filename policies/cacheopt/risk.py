@@ -144,6 +144,37 @@ class DemandProfile:
         self.mean = np.zeros(grid.size)
         self.var = np.zeros(grid.size)
 
+    def survival_rows(
+        self,
+        produced: np.ndarray,
+        cap_left: np.ndarray,
+        table: LengthTable | None,
+        fixed_left: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """``s_i(t)`` on the grid for requests having produced ``produced``, allowed ``cap_left`` more (their visible
+        cap), with distributions ``table``; rows without a distribution (``fixed_left`` >= 0 where given) run
+        deterministically for ``fixed_left`` more steps. Column 0 is 1: every live request holds its KV now."""
+        t = self.grid[None, :]
+        if table is not None and table.logs.shape[0]:
+            s0 = table.survival(produced.astype(float))
+            st = table.survival(produced[:, None] + t)
+            s = np.where(s0[:, None] > 1e-9, st / np.maximum(s0[:, None], 1e-12), (t == 0).astype(float))
+            np.minimum(s, 1.0, out=s)
+        else:
+            s = np.ones((produced.size, self.grid.size))
+        if fixed_left is not None:
+            det = fixed_left >= 0
+            if det.any():
+                s[det] = (t < fixed_left[det, None]).astype(float)
+        s[t.repeat(s.shape[0], axis=0) >= cap_left[:, None]] = 0.0
+        s[:, 0] = 1.0
+        return s
+
+    def moments(self, used: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, variance) rows of requests holding ``used`` private tokens now with survival rows ``s``."""
+        size = used[:, None] + self.grid[None, :]
+        return s * size, s * (1.0 - s) * size * size
+
     def contributions(
         self,
         used: np.ndarray,
@@ -152,26 +183,8 @@ class DemandProfile:
         table: LengthTable | None,
         fixed_left: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(mean, variance) rows of requests holding ``used`` private tokens, having produced ``produced``, allowed
-        ``cap_left`` more (their visible cap), with distributions ``table``; rows without a distribution
-        (``fixed_left`` >= 0 where given) run deterministically for ``fixed_left`` more steps."""
-        t = self.grid[None, :]
-        alive_cap = t < cap_left[:, None]
-        if table is not None and table.logs.shape[0]:
-            s0 = table.survival(produced.astype(float))
-            st = table.survival(produced[:, None] + t)
-            s = np.where(s0[:, None] > 1e-9, st / np.maximum(s0[:, None], 1e-12), (t == 0).astype(float))
-            s = np.minimum(s, 1.0)
-        else:
-            s = np.ones((used.size, self.grid.size))
-        if fixed_left is not None:
-            det = fixed_left >= 0
-            if det.any():
-                s[det] = (t < fixed_left[det, None]).astype(float)
-        s = np.where(alive_cap, s, 0.0)
-        s[:, 0] = 1.0  # every live request holds its KV now
-        size = used[:, None] + t
-        return s * size, s * (1.0 - s) * size * size
+        """(mean, variance) rows (see :meth:`survival_rows` and :meth:`moments`)."""
+        return self.moments(used, self.survival_rows(produced, cap_left, table, fixed_left))
 
     def add(self, mean: np.ndarray, var: np.ndarray) -> None:
         """Add request rows (from :meth:`contributions`)."""

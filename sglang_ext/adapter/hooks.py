@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from policies.views import SLO
-from sglang_ext.adapter import translate
+from policies.views import SLO, PreemptMode
+from sglang_ext.adapter import preempt, swap, translate
 from sglang_ext.adapter.state import Adapter
 
 logger = logging.getLogger("sglang_ext")
@@ -33,7 +33,10 @@ def after_scheduler_init(result: Any, sched: Any, *args: Any, **kwargs: Any) -> 
     cfg = config.current()
     if not cfg.enabled:
         return
+    swap.install(sched, cfg.cacheopt.swap_space_tokens)  # before capabilities: they declare whether swap is usable
     _ADAPTER = Adapter(cfg, translate.capabilities(sched))
+    if (mgr := swap.manager()) is not None:  # restore a swapped-out request only when the plan admits it
+        mgr.admit_gate = lambda rid, a=_ADAPTER: a.plan is None or rid in a.plan_rank
     from sglang_ext.adapter.prefill import PolicyPrefillAdder
 
     PolicyPrefillAdder.adapter = _ADAPTER
@@ -47,6 +50,13 @@ def around_prefill_raw(original: Any, sched: Any, *args: Any, **kwargs: Any) -> 
     # Planned every iteration SGLang considers a prefill (also with an empty queue): stateful policies (the
     # sglang baseline's ratio decay, AccelGen's refit) see every iteration, as in the simulator.
     plan = a.make_plan(sched, running_batch)
+    # A policy that owns its KV accounting preempts through its plan; a mirror of SGLang (``sglang``) leaves
+    # preemption to SGLang's own machinery (its priority preemption runs inside the PrefillAdder).
+    planned = plan.preempt if a.policy.owns_kv_accounting else ()
+    if victims := (*planned, *preempt.debug_victims(running_batch)):
+        for v in victims:  # the modes reach the ledger through on_retracted, as SGLang's own retractions do
+            a.victim_modes[v.rid] = v.mode if a.caps.swap else PreemptMode.RECOMPUTE
+        preempt.preempt_now(sched, running_batch, victims, a.on_retracted)  # before the PrefillAdder: KV freed
     if plan.admit and a.holds_budget():
         # SGLang's "batch is full" verdict comes from its own accounting of an earlier pass; a policy that owns
         # the KV accounting has just decided this pass's admissions, so they are tried (SGLang's budget, fed the
@@ -54,7 +64,9 @@ def around_prefill_raw(original: Any, sched: Any, *args: Any, **kwargs: Any) -> 
         running_batch.batch_is_full = False
     saved = sched.chunked_prefill_size
     if plan.token_budget is not None and saved is not None:
-        sched.chunked_prefill_size = max(int(plan.token_budget), 1)
+        # SGLang charges a chunk in whole pages: a budget below one page would admit nothing, every iteration
+        page = int(getattr(sched, "page_size", 1) or 1)
+        sched.chunked_prefill_size = -(-max(int(plan.token_budget), 1) // page) * page
     try:
         return original(sched, *args, **kwargs)
     finally:
@@ -106,6 +118,8 @@ def around_retract_decode(original: Any, batch: Any, *args: Any, **kwargs: Any) 
         result = original(batch, *args, **kwargs)
     finally:
         _RETRACTING.pop()
+        if (mgr := swap.manager()) is not None:
+            mgr.clear_marks()  # victims marked but not needed by SGLang keep running
     if _ADAPTER is not None:
         _ADAPTER.on_retracted(list(result[0]))
     return result
@@ -164,4 +178,5 @@ SCHEDULER_HOOKS = (
     (f"{BATCH}._get_decode_retraction_order", around_retraction_order, "AROUND"),
     ("sglang.srt.sampling.sampling_params.SamplingParams.verify", after_sampling_verify, "AFTER"),
     ("sglang.srt.mem_cache.common.release_kv_cache", after_release_kv_cache, "AFTER"),
+    *swap.SWAP_HOOKS,
 )

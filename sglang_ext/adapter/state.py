@@ -23,7 +23,8 @@ from policies.config import ExtConfig
 from policies.latency import BatchShape
 from policies.views import SLO, Admit, IterationPlan, LengthEstimate, PreemptMode, SchedulerView, WaitingView
 from predictors.online import OnlineLengthBound
-from sglang_ext.adapter import translate
+from sglang_ext import metrics as ext_metrics
+from sglang_ext.adapter import swap, translate
 
 logger = logging.getLogger("sglang_ext")
 
@@ -105,6 +106,7 @@ class Adapter:
         if self.predictor is None:
             return None
         est = self.predictor.estimate(req.rid)
+        ext_metrics.get().observe_predictor(req.rid, est is not None, self.now() - self.arrival.get(req.rid, 0.0))
         if est is None:
             self.counters["predictor_fallbacks"] += 1
             return self.predictor.fallback(req.rid, int(req.sampling_params.max_new_tokens or 0))
@@ -121,12 +123,14 @@ class Adapter:
             self.predictor.poll()
         self._track_tokens(running_reqs, now)
         core = self.core
+        mgr = swap.manager()
         waiting = []
         for req in sched.waiting_queue:
             self.on_arrival(req)
             slo = translate.request_slo(req, self.default_slo)
+            swapped = mgr is not None and mgr.is_swapped_out(req.rid)  # its KV comes back by swap-in (C5)
             waiting.append(translate.waiting_view(req, self.arrival[req.rid], slo, self._estimate(req),
-                                                  self.first_token.get(req.rid)))  # fmt: skip
+                                                  self.first_token.get(req.rid), swapped_out=swapped))  # fmt: skip
         if chunked_req is not None and all(w.rid != chunked_req.rid for w in waiting):
             self.on_arrival(chunked_req)
             slo = translate.request_slo(chunked_req, self.default_slo)
@@ -172,7 +176,9 @@ class Adapter:
         """Requests the adapter knew that left neither by finishing (seen in ``on_finished``) nor by retraction:
         aborted by SGLang or the client. Their allocations return."""
         for rid in [r for r in self.known if r not in live]:
-            self.core.aborted(rid, self.known.pop(rid))
+            out = self.known.pop(rid)
+            self.core.aborted(rid, out)
+            ext_metrics.get().observe_finish(rid, out)
             self._forget(rid)
 
     def _forget(self, rid: str) -> None:
@@ -188,6 +194,7 @@ class Adapter:
         if rid not in self.arrival and rid not in self.core.ledger:
             return  # not a request this adapter saw (or already reported)
         self.core.finished(rid, out)
+        ext_metrics.get().observe_finish(rid, out)
         if self.online is not None:
             self.online.observe(out)
         if self.predictor is not None:
@@ -218,7 +225,9 @@ class Adapter:
         view = self.build_view(sched, list(running_batch.reqs), sched.chunked_req)
         t = time.perf_counter()
         plan = self.core.plan(view)
-        self.counters["decision_us_total"] += int((time.perf_counter() - t) * 1e6)
+        decision_s = time.perf_counter() - t
+        self.counters["decision_us_total"] += int(decision_s * 1e6)
+        ext_metrics.get().observe_plan(view, plan, decision_s)
         self.plan = plan
         self.plan_rank = {a.rid: i for i, a in enumerate(plan.admit)}
         waiting = {w.rid: w for w in view.waiting}
@@ -253,7 +262,7 @@ class Adapter:
         x = self.plan_admits.get(req.rid)
         if x is not None:
             self.core.committed(x[0], x[1])
-            self.known.setdefault(req.rid, len(req.output_ids))
+        self.known.setdefault(req.rid, len(req.output_ids))  # a request that ends in its prefill step is reaped too
 
     def refused(self, req: Any) -> None:
         x = self.plan_admits.get(req.rid)
@@ -272,11 +281,15 @@ class Adapter:
         )  # fmt: skip
         view = SchedulerView(now_s=self.now(), waiting=(), running=running, pool=pool, arrival_rate=self._rate)
         victims = self.core.victims(view, kv_to_free(decode_need(running, pool.page_size), pool.available_tokens))
+        ext_metrics.get().observe_victims(view, victims)
         idx = translate.index_by_rid(reqs)
         chosen = [idx[v.rid] for v in victims if v.rid in idx]
+        mgr = swap.manager()
         for v in victims:
             self.victim_modes[v.rid] = v.mode if self.caps.swap else PreemptMode.RECOMPUTE
             self.counters[f"victim_{v.mode.value}_decided"] += 1
+            if mgr is not None:  # swap.around_release_req copies SWAP victims out before SGLang frees them
+                mgr.mark(v.rid, self.victim_modes[v.rid])
         rest = [i for i in default if i not in set(chosen)]
         return rest + list(reversed(chosen))
 
@@ -285,3 +298,5 @@ class Adapter:
         if now - self._last_log >= LOG_EVERY_S:
             self._last_log = now
             logger.info("sglang_ext counters: %s", dict(sorted(self.counters.items())))
+            if (mgr := swap.manager()) is not None and (mgr.stats.swaps_out or mgr.stats.recompute_marked):
+                logger.info("sglang_ext swap stats: %s", mgr.stats.as_dict())

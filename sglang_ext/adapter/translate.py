@@ -14,8 +14,10 @@ SLO_KEYS = ("ttft_slo_ms", "tbt_slo_ms")
 
 
 def capabilities(sched: Any) -> HostCapabilities:
-    """What this SGLang scheduler offers a policy, read from its own settings. Swap (C5) needs a host KV buffer
-    the adapter does not drive yet, so it is declared unavailable and C5 decides recompute."""
+    """What this SGLang scheduler offers a policy, read from its own settings. Swap (C5) is available when the
+    swap manager was installed for this scheduler (:func:`sglang_ext.adapter.swap.install`)."""
+    from sglang_ext.adapter import swap
+
     model_config = getattr(sched, "model_config", None)
     running = getattr(sched, "max_running_requests", None)
     return HostCapabilities(
@@ -24,7 +26,7 @@ def capabilities(sched: Any) -> HostCapabilities:
         max_prefill_tokens=int(getattr(sched, "max_prefill_tokens", None) or 16384),
         max_running_requests=int(running) if running else None,
         mixed_chunk=bool(getattr(sched, "is_mixed_chunk", False)),
-        swap=False,
+        swap=swap.manager() is not None,
         measures_iterations=True,
         context_len=getattr(model_config, "context_len", None),
     )
@@ -50,6 +52,7 @@ def waiting_view(
     chunked: bool = False,
     kv_allocated: int = 0,
     cached_len: int | None = None,
+    swapped_out: bool = False,
 ) -> WaitingView:
     """``chunked``: the request whose chunked prefill is in progress; SGLang keeps it out of the waiting queue and
     its ``extend_end`` marks how far the last chunk went (``init_next_round_input`` has not run yet).
@@ -67,6 +70,8 @@ def waiting_view(
         estimate=estimate,
         first_token_s=first_token_s,
         kv_allocated=kv_allocated,
+        swapped_out=swapped_out,
+        priority=getattr(req, "priority", None),
     )
 
 
@@ -99,6 +104,7 @@ def running_view(
         kv_lent=alloc.kv_lent,
         lender=alloc.lender,
         reserve_drawn=alloc.reserve_drawn,
+        priority=getattr(req, "priority", None),
     )
 
 
@@ -148,9 +154,11 @@ def batch_shape(batch: Any) -> BatchShape:
         return BatchShape(decode_ctx=tuple(len(r.origin_input_ids) + len(r.output_ids) for r in batch.reqs))
     prefill: list[tuple[int, int]] = []
     decode: list[int] = []
-    for r in batch.reqs:
-        n = int(getattr(r, "extend_input_len", 0) or 0)
-        before = int(getattr(r, "prefix_len", 0) or 0)
+    extend = getattr(batch, "extend_lens", None)  # per request, set by prepare_for_extend / mix_with_running
+    prefix = getattr(batch, "prefix_lens", None)
+    for i, r in enumerate(batch.reqs):
+        n = int(extend[i]) if extend is not None and i < len(extend) else int(getattr(r, "extend_len", 0) or 0)
+        before = int(prefix[i]) if prefix is not None and i < len(prefix) else int(getattr(r, "prefix_len", 0) or 0)
         if n == 1 and r.output_ids:
             decode.append(before + 1)
         elif n > 0:
