@@ -109,6 +109,7 @@ def around_chunk_limit(original: Any, policy: Any, chunked_req: Any, waiting_que
     if tokens is None or tokens >= budget:
         return default
     limit = max(tokens // page_size * page_size, page_size)
+    a.counters["chunk_yields"] += 1
     return limit if default is None else min(default, limit)
 
 
