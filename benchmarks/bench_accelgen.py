@@ -1,6 +1,6 @@
-"""Benchmark: AccelGen's per-iteration decision time (A1 chunk-size decision with its error margin; target <= 50 us),
-the whole ``plan()`` (A1 + A2 + A3) and the per-iteration measurement hook (error margin + online refit), on a GPU
-latency profile with realistic batch shapes.
+"""Benchmark: AccelGen's per-iteration decision time (A1 chunk-size decision with its error margin and TTFT guard;
+target <= 50 us), the whole ``plan()`` (A1 + A2 + A3) and the per-iteration measurement hook (error margin + online
+refit), on a GPU latency profile with realistic batch shapes.
 
 Prints one line per configuration: median and p99 of the time per decision, in microseconds. A script, not a
 timed unit test: numbers depend on the machine. Usage::
@@ -58,9 +58,10 @@ def main() -> None:
         pol = create("accelgen", prof)
         limit = min(r.slo.tbt_ms for r in view.running if r.slo.tbt_ms) / 1e3
 
-        def a1(ctx=ctx, pol=pol, view=view) -> None:  # the decision as made in plan(): limit, margin, budget
+        def a1(ctx=ctx, pol=pol, view=view) -> None:  # the decision as made in plan(): limits, margin, budget
             lim, _ = pol.iteration_limit_s(view, ctx)
-            pol.sizer.budget(pol.target_s(lim), ctx, 0)
+            cap = pol.ttft_cap_s(view)
+            pol.sizer.budget(pol.target_s(lim if cap is None else min(lim, cap)), ctx, 0)
 
         generic = ChunkSizer(_Generic(prof), 32, 8192)
         med, p99 = _time(a1, args.reps)
