@@ -163,7 +163,7 @@ class AccelGenConfig:
     error_margin: bool = opt(True, "A1: size iterations for the TBT limit divided by the latency model's measured "
                              "error (a quantile of measured/predicted iteration time).")  # fmt: skip
     margin_quantile: float = opt(0.95, "A1: quantile of measured/predicted iteration time used as the margin.")
-    ttft_guard: float = opt(0.33, "A1: cap every iteration at this fraction of the tightest TTFT SLO seen in the "
+    ttft_guard: float = opt(0.5, "A1: cap every iteration at this fraction of the tightest TTFT SLO seen in the "
                             "last 30 s, so a request arriving mid-iteration can still meet it (0 = off).")  # fmt: skip
     chunk_yield: bool = opt(True, "A2: the in-progress chunked prefill is ordered by its slack, so shorter urgent "
                             "prompts join the iteration ahead of it (off: it always goes first).")  # fmt: skip
