@@ -1,5 +1,6 @@
-"""Benchmark: AccelGen's per-iteration decision time (A1 chunk-size decision; target <= 50 us) and the whole
-``plan()`` (A1 + A2 + A3), on a GPU latency profile with realistic batch shapes.
+"""Benchmark: AccelGen's per-iteration decision time (A1 chunk-size decision with its error margin and TTFT guard;
+target <= 50 us), the whole ``plan()`` (A1 + A2 + A3) and the per-iteration measurement hook (error margin + online
+refit), on a GPU latency profile with realistic batch shapes.
 
 Prints one line per configuration: median and p99 of the time per decision, in microseconds. A script, not a
 timed unit test: numbers depend on the machine. Usage::
@@ -57,9 +58,10 @@ def main() -> None:
         pol = create("accelgen", prof)
         limit = min(r.slo.tbt_ms for r in view.running if r.slo.tbt_ms) / 1e3
 
-        def a1(ctx=ctx, pol=pol, view=view) -> None:  # the decision as made in plan(): limit + budget
+        def a1(ctx=ctx, pol=pol, view=view) -> None:  # the decision as made in plan(): limits, margin, budget
             lim, _ = pol.iteration_limit_s(view, ctx)
-            pol.sizer.budget(lim, ctx, 0)
+            cap = pol.ttft_cap_s(view)
+            pol.sizer.budget(pol.target_s(lim if cap is None else min(lim, cap)), ctx, 0)
 
         generic = ChunkSizer(_Generic(prof), 32, 8192)
         med, p99 = _time(a1, args.reps)
@@ -67,9 +69,15 @@ def main() -> None:
         room = max(limit, 1.5 * prof.iteration_s(BatchShape(decode_ctx=ctx)))
         gmed, gp99 = _time(lambda ctx=ctx, g=generic, room=room: g.budget(room, ctx, 0), args.reps)
         pmed, pp99 = _time(lambda pol=pol, view=view: pol.plan(view), max(args.reps // 4, 50))
+        # Per measured iteration: the error margin's update and the refit's bookkeeping (a refit every
+        # refit_interval calls is included, amortised), against a truth 10% slower than the model.
+        shape = BatchShape(prefill=((256, 0),), decode_ctx=ctx)
+        seconds = 1.1 * prof.iteration_s(shape)
+        omed, op99 = _time(lambda pol=pol, s=shape, t=seconds: pol.observe_iteration(s, t), args.reps)
         print(
             f"running={n_run:4d} waiting={n_wait:4d}  A1 chunk decision {med:7.1f} / {p99:7.1f}"
             f"   (protocol-only search {gmed:7.1f} / {gp99:7.1f})   full plan() {pmed:8.1f} / {pp99:8.1f}"
+            f"   observe_iteration {omed:7.1f} / {op99:8.1f}"
         )
 
 

@@ -8,6 +8,11 @@ real server unchanged. Unknown policy, profile or workload names exit with one l
 ``--replicas N --router {rr,prefix}`` runs N replicas (each its own simulator, pool and policy) behind a router:
 round-robin, or SGLang router's cache-aware rule (:mod:`eval.sim.routing`); the summary is the cluster's (all
 requests together) with a ``cluster`` section per replica (:mod:`eval.sim.cluster`).
+SLOs: ``--slo SPEC`` gives requests SLO classes (eval.slo: ``abs:TTFT:TBT``, relative multiples, per application),
+and, as in the server, ``--ext-default-ttft-slo-ms`` / ``--ext-default-tbt-slo-ms`` apply to every request that
+carries no such SLO (0 = no objective). Without either, no request has an SLO and every attainment is 1.0.
+``--latency-error`` (eval.latency_error) hands the policy a biased or shape-perturbed latency model and/or jitters
+the simulated truth, to test a policy that trusts its model (AccelGen A1).
 """
 
 from __future__ import annotations
@@ -16,15 +21,17 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import profiles
+from eval import latency_error
 from eval.metrics import write_records
 from eval.sim import Simulator, make_policy
 from eval.sim.cluster import Cluster
 from eval.sim.routing import ROUTERS
-from eval.slo import parse_slo
-from eval.workloads import available_workloads, load_workload
+from eval.slo import SLOSpecError, parse_slo
+from eval.workloads import RequestSpec, available_workloads, load_workload
 from policies import base
 from policies.config import POLICY_CHOICES, ConfigError, ExtConfig, flat_fields, from_flat
 
@@ -58,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "pool; --rate is the whole cluster's)")  # fmt: skip
     ap.add_argument("--router", default="rr", choices=ROUTERS, help="with --replicas > 1: rr = round-robin, prefix = "
                     "SGLang router's cache-aware rule (longest routed prefix, load-balance thresholds)")  # fmt: skip
+    ap.add_argument(
+        "--latency-error", default="exact", help="exact or bias=X,shape=X,noise=X,seed=N (eval.latency_error)"
+    )
     for flag, _section, f in flat_fields():
         kind = type(f.default)
         conv = _bool if kind is bool else kind
@@ -74,6 +84,20 @@ def config_from_args(args: argparse.Namespace) -> ExtConfig:
     return from_flat(values)
 
 
+def with_default_slos(specs: list[RequestSpec], cfg: ExtConfig) -> list[RequestSpec]:
+    """Requests that carry no TTFT / TBT SLO get ``--ext-default-ttft-slo-ms`` / ``--ext-default-tbt-slo-ms``
+    (when > 0), exactly as the plugin fills in a request without ``custom_params`` SLOs."""
+    ttft, tbt = cfg.default_ttft_slo_ms or None, cfg.default_tbt_slo_ms or None
+    if ttft is None and tbt is None:
+        return specs
+    out = []
+    for s in specs:
+        t1 = s.ttft_slo_ms if s.ttft_slo_ms is not None else ttft
+        t2 = s.tbt_slo_ms if s.tbt_slo_ms is not None else tbt
+        out.append(replace(s, ttft_slo_ms=t1, tbt_slo_ms=t2, slo_class=s.slo_class or "default"))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -83,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"unknown workload {args.workload!r}; valid: {', '.join(available_workloads())}")
         if args.policy not in base.available():
             raise ValueError(f"unknown policy {args.policy!r}; valid: {', '.join(base.available())}")
+        err = latency_error.parse(args.latency_error)
         specs = load_workload(
             args.workload,
             num_requests=args.num_requests,
@@ -90,19 +115,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             scale=args.scale,
             max_context=args.max_context,
-            slo=parse_slo(args.slo, profile, None),
+            slo=parse_slo(args.slo, profile),
         )
+        specs = with_default_slos(specs, cfg)
         page = args.page_size or (1 if args.profile.startswith("cpu") else 16)
         if args.replicas < 1:
             raise ValueError(f"--replicas: must be >= 1, got {args.replicas}")
 
         def replica(_i: int = 0) -> Simulator:
-            return Simulator(make_policy(args.policy, profile, cfg, page_size=page), profile,
-                             pool_tokens=args.pool_tokens or profile.kv_capacity_tokens, page_size=page,
-                             host_tokens=args.host_tokens)  # fmt: skip
+            return Simulator(make_policy(args.policy, err.policy_model(profile), cfg, page_size=page),
+                             err.truth(profile, args.seed), pool_tokens=args.pool_tokens or profile.kv_capacity_tokens,
+                             page_size=page, host_tokens=args.host_tokens)  # fmt: skip
 
         sim = replica()
-    except (ValueError, ConfigError) as e:
+    except (ValueError, ConfigError, SLOSpecError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.replicas > 1:
@@ -119,7 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{args.policy} on {args.workload} @ {args.rate} req/s ({where}): {summary['completed']}/"
         f"{summary['submitted']} completed, {s.iterations} iterations, {s.preemptions} preemptions "
-        f"({s.swaps_out} swaps), {s.rejected} rejected, {s.aborted} aborted, {s.cache_hit_tokens} cache-hit tokens",
+        f"({s.swaps_out} swaps), {s.rejected} rejected, {s.aborted} aborted, {s.cache_hit_tokens} cache-hit tokens; "
+        f"SLO attainment {summary['slo_attainment']:.3f} (TTFT {summary['ttft_slo_attainment']:.3f}, "
+        f"TBT {summary['tbt_slo_attainment']:.3f})",
         file=sys.stderr,
     )
     return 0

@@ -172,6 +172,13 @@ class AccelGenConfig:
     multi_resource: bool = opt(True, "A3: choose queued requests filling both the token budget and free KV.")
     refit_interval: int = opt(50, "A1: refit the latency model from measured iterations every N iterations.")
     online_refit: bool = opt(True, "A1: refit the latency model online from the host's measured iterations.")
+    error_margin: bool = opt(True, "A1: size iterations for the TBT limit divided by the latency model's measured "
+                             "error (a quantile of measured/predicted iteration time).")  # fmt: skip
+    margin_quantile: float = opt(0.95, "A1: quantile of measured/predicted iteration time used as the margin.")
+    ttft_guard: float = opt(0.5, "A1: cap every iteration at this fraction of the tightest TTFT SLO seen in the "
+                            "last 30 s, so a request arriving mid-iteration can still meet it (0 = off).")  # fmt: skip
+    chunk_yield: bool = opt(True, "A2: the in-progress chunked prefill is ordered by its slack, so shorter urgent "
+                            "prompts join the iteration ahead of it (off: it always goes first).")  # fmt: skip
     urgent_slack_frac: float = opt(0.5, "A2: a request whose TTFT slack is below this fraction of its TTFT SLO "
                                    "skips the similar-SLO grouping.")  # fmt: skip
     starve_s: float = opt(30.0, "A2: a request waiting longer than this (s) is served before all new ones.")
@@ -185,6 +192,8 @@ class AccelGenConfig:
         _check(self.pivot_tokens > 0, "--ext-accelgen-pivot-tokens", "must be > 0")
         _check(self.slo_group_ratio >= 1, "--ext-accelgen-slo-group-ratio", "must be >= 1")
         _check(self.refit_interval > 0, "--ext-accelgen-refit-interval", "must be > 0")
+        _check(0.5 <= self.margin_quantile <= 1, "--ext-accelgen-margin-quantile", "must be in [0.5, 1]")
+        _check(0 <= self.ttft_guard <= 1, "--ext-accelgen-ttft-guard", "must be in [0, 1]")
         _check(0 <= self.urgent_slack_frac <= 1, "--ext-accelgen-urgent-slack-frac", "must be in [0, 1]")
         _check(self.starve_s > 0, "--ext-accelgen-starve-s", "must be > 0")
         _check(self.pack_window >= 1, "--ext-accelgen-pack-window", "must be >= 1")

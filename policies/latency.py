@@ -250,7 +250,9 @@ class OnlineLatencyFitter:
     Robust to few or one-sided samples: until ``min_samples`` it keeps the prior; a refit also sees the prior's
     predictions at a fixed set of anchor shapes as pseudo-samples worth ``prior_weight`` samples in total, so a
     coefficient the data cannot identify (e.g. prefill attention when only decodes were seen) stays near the
-    prior; and a refit is adopted only if it does not predict the window worse than the current model."""
+    prior's *shape* (its predictions at the anchors times the median measured/predicted ratio of the window: a
+    profile that is uniformly too fast or too slow must not pull the fit back towards its wrong scale); and a refit
+    is adopted only if it does not predict the window worse than the current model."""
 
     def __init__(
         self,
@@ -287,7 +289,10 @@ class OnlineLatencyFitter:
     def refit(self) -> IterationLatencyModel | None:
         data = np.asarray(self.rows, dtype=float).reshape(-1, 6)
         w = self.prior_weight / len(_ANCHORS)
-        anchors = [(*shape_features(s), self.prior.iteration_s(s), w) for s in _ANCHORS] if w > 0 else []
+        prior_pred = self.prior.predict_rows(data)
+        ok = prior_pred > 0
+        scale = float(np.median(data[ok, 4] / prior_pred[ok])) if ok.any() else 1.0
+        anchors = [(*shape_features(s), scale * self.prior.iteration_s(s), w) for s in _ANCHORS] if w > 0 else []
         try:
             candidate = IterationLatencyModel.fit_rows(
                 np.vstack([data, np.asarray(anchors, dtype=float).reshape(-1, 6)]), template=self.model
@@ -301,3 +306,87 @@ class OnlineLatencyFitter:
         self.model = candidate
         self.refits += 1
         return candidate
+
+
+class ErrorMargin:
+    """AccelGen A1's safety margin from the latency model's *measured* error.
+
+    Why: A1 sizes each iteration right up to the tightest TBT SLO, so any under-prediction — a profile from another
+    machine, scheduler overhead, jitter — makes nearly every tight iteration miss (a 10% under-prediction took the
+    tight class's TBT attainment from 1.00 to under 0.1 in the review of issue 12). The margin is the
+    ``quantile``-quantile of ``measured / predicted`` iteration time over the last ``window`` measured iterations;
+    A1 sizes for ``limit / margin``. A request meets its TBT SLO when at most 10% of its gaps exceed it
+    (eval.metrics), so a high quantile (default 0.95) leaves each request's expected share of late gaps well under
+    that. The ratios are kept against the model that decides: when the online refit adopts a new model,
+    :meth:`rebase` re-predicts the window with it, so a bias the refit has removed stops costing margin.
+
+    Clamped to ``[floor, cap]``: the floor (1.0) never loosens a limit beyond what the model predicts (an
+    over-predicting model is corrected by the refit, not by the margin), the cap bounds what one bad stretch of
+    measurements can cost. Until ``min_samples`` measurements the margin is the largest ratio seen (so a wrong model
+    is caught within a few iterations, before any refit). With an exact model every ratio is 1 and nothing changes.
+    """
+
+    def __init__(
+        self,
+        quantile: float = 0.95,
+        *,
+        window: int = 512,
+        min_samples: int = 16,
+        every: int = 8,
+        floor: float = 1.0,
+        cap: float = 2.0,
+    ) -> None:
+        if not (0 < quantile <= 1 and window >= min_samples >= 1 and every >= 1 and 0 < floor <= cap):
+            raise ValueError("ErrorMargin needs 0 < quantile <= 1, window >= min_samples >= 1, 0 < floor <= cap")
+        self.quantile = quantile
+        self.floor = floor
+        self.cap = cap
+        self.min_samples = min_samples
+        self.every = every
+        self._feats = np.zeros((window, 4))
+        self._secs = np.zeros(window)
+        self._ratio = np.ones(window)
+        self._n = 0  # samples seen (the ring holds min(n, window))
+        self._since = 0
+        self.value = floor
+
+    @property
+    def samples(self) -> int:
+        return min(self._n, len(self._secs))
+
+    def observe(self, shape: BatchShape, seconds: float, predicted_s: float) -> float:
+        """Record one measured iteration against the deciding model's prediction; returns the current margin."""
+        if not (seconds > 0 and predicted_s > 0 and math.isfinite(seconds) and math.isfinite(predicted_s)):
+            return self.value
+        i = self._n % len(self._secs)
+        self._feats[i] = shape_features(shape)
+        self._secs[i] = seconds
+        self._ratio[i] = seconds / predicted_s
+        self._n += 1
+        self._since += 1
+        if self._n < self.min_samples:
+            self.value = self._clamp(max(self.value, self._ratio[i]))
+        elif self._since >= self.every or self._n == self.min_samples:
+            self._update()
+        return self.value
+
+    def rebase(self, model: IterationLatencyModel) -> float:
+        """The deciding model changed (online refit): re-predict the window with it and recompute the margin."""
+        k = self.samples
+        if k:
+            pred = model.predict_rows(self._feats[:k])
+            ok = pred > 0
+            self._ratio[:k] = np.where(ok, self._secs[:k] / np.where(ok, pred, 1.0), 1.0)
+            self._update()
+        return self.value
+
+    def _update(self) -> None:
+        self._since = 0
+        k = self.samples
+        if k < self.min_samples:
+            self.value = self._clamp(float(self._ratio[:k].max()))
+        else:
+            self.value = self._clamp(float(np.quantile(self._ratio[:k], self.quantile)))
+
+    def _clamp(self, v: float) -> float:
+        return min(max(v, self.floor), self.cap)

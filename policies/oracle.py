@@ -255,7 +255,9 @@ class OraclePolicy(AccelGenPolicy):
         decode_ctx = tuple(r.seq_len for r in view.running)
         nd = len(decode_ctx)
         budget = (
-            self.sizer.budget(limit_s, decode_ctx, free[0].ctx) if self.cfg.dynamic_chunk else self.cfg.pivot_tokens
+            self.sizer.budget(self.target_s(limit_s), decode_ctx, free[0].ctx)
+            if self.cfg.dynamic_chunk
+            else self.cfg.pivot_tokens
         )
         chunk = max(budget - nd, 1)
         iter_s = self.latency.iteration_s(BatchShape(prefill=((chunk, free[0].ctx),), decode_ctx=decode_ctx))

@@ -77,7 +77,11 @@ def available() -> list[str]:
 
 
 def get(name: str) -> Profile:
-    """The profile called ``name``; a ValueError lists the valid names otherwise."""
+    """The profile called ``name``, or a fitted profile's JSON file when ``name`` is a path ending in ``.json`` (a
+    profile measured on the machine at hand, e.g. by ``scripts/accelgen_live.py --measure``); a ValueError lists
+    the valid names otherwise."""
+    if name.endswith(".json") and Path(name).is_file():
+        return load_json(Path(name))
     stored = _json_profiles()
     if name in stored:
         return load_json(stored[name])

@@ -59,14 +59,18 @@ def pack(
     window: int = 8,
     multi_resource: bool = True,
     strict: bool = False,
+    whole_only: bool = False,
 ) -> tuple[list[Admit], int]:
     """Choose admissions. ``chunk_tokens``: prefill tokens this iteration (budget after decodes); ``kv_free``:
     KV tokens free for the score; ``fit(c, t)``: the largest ``t' <= t`` that keeps the iteration within its SLO
     limit (A1's check on the actual shape); ``on_admit(c, t)`` is told of each admission. Returns the admissions
-    and the prefill tokens used. ``strict``: every refusal stops the pass (no backfilling; the Oracle's order)."""
+    and the prefill tokens used. ``strict``: every refusal stops the pass (no backfilling; the Oracle's order).
+    ``whole_only``: a candidate is admitted only with all its remaining prompt, else skipped (requests packed ahead
+    of an in-progress chunk: SGLang runs one chunked prefill at a time)."""
     admits: list[Admit] = []
     left, k_left = chunk_tokens, kv_free
     pending = list(cands)
+    too_big = 1 << 62  # whole_only: the smallest prompt that did not fit the SLO limit (larger ones are skipped)
     while pending:
         idx = 0
         if multi_resource and window > 1 and left > 0:
@@ -79,10 +83,15 @@ def pack(
                 if s < best - 1e-12:
                     best, idx = s, i
         c = pending.pop(idx)
+        if whole_only and (c.remaining > left or c.remaining >= too_big):
+            continue
         want = min(c.remaining, left)
         if c.remaining > 0 and want <= 0:
             break  # budget spent; swap-ins (0 tokens) may still follow in order, but only while budget remains
         t = fit(c, want) if want > 0 else 0
+        if whole_only and t < c.remaining:
+            too_big = min(too_big, c.remaining)
+            continue  # it would be a second chunked prefill: it waits (smaller ones may still fit)
         if c.remaining > 0 and t <= 0:
             break  # not one more token fits the SLO limit
         adm = gate.admit(c.req, t)

@@ -19,12 +19,19 @@ The gate (default :class:`~policies.accelgen.gate.DemandKVGate`: expected-demand
 decision: admissions, top-ups and victims. The combined ``cacheopt+accelgen`` mode is this class with CacheOPT's
 gate (:mod:`policies.combined`); no special cases.
 
-Online refit (A1): a host that measures its iterations calls :meth:`AccelGenPolicy.observe_iteration`; with an
-:class:`~policies.latency.IterationLatencyModel` the policy refits every ``refit_interval`` measurements
-(:class:`~policies.latency.OnlineLatencyFitter`) and sizes later budgets with the refitted model.
+Surviving a wrong latency model (A1): a host that measures its iterations calls
+:meth:`AccelGenPolicy.observe_iteration`. Two mechanisms use those measurements: the *error margin*
+(:class:`~policies.latency.ErrorMargin`, ``--ext-accelgen-error-margin``) — A1 sizes for the tightest TBT SLO divided
+by a high quantile of measured/predicted iteration time, so jitter and a model that under-predicts cost budget, not
+TBT attainment — and the *online refit* (:class:`~policies.latency.OnlineLatencyFitter`, with an
+:class:`~policies.latency.IterationLatencyModel`): every ``refit_interval`` measurements the model is refitted and
+later budgets are sized with it; the margin is then re-measured against the refitted model, so a bias the refit
+removed stops costing budget. The SLO-grouping of A2 keeps using the SLOs themselves, not the margin.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from policies.accelgen.chunk import ChunkSizer, min_feasible_tbt_ms
 from policies.accelgen.gate import DemandKVGate
@@ -34,8 +41,10 @@ from policies.base import Policy, register
 from policies.capabilities import HostCapabilities
 from policies.config import AccelGenConfig, ExtConfig
 from policies.kv_gate import KVGate
-from policies.latency import BatchShape, IterationLatencyModel, LatencyModel, OnlineLatencyFitter
-from policies.views import IterationPlan, Preempt, SchedulerView
+from policies.latency import BatchShape, ErrorMargin, IterationLatencyModel, LatencyModel, OnlineLatencyFitter
+from policies.views import Admit, IterationPlan, Preempt, SchedulerView
+
+TTFT_WINDOW_S = 30.0  # how long the TTFT guard remembers the tightest TTFT SLO it saw
 
 
 @register("accelgen")
@@ -60,7 +69,10 @@ class AccelGenPolicy(Policy):
         refit = self.cfg.online_refit and self.host.measures_iterations
         if refit and isinstance(base_model, IterationLatencyModel):  # a profile wraps one
             self.fitter = OnlineLatencyFitter(base_model, refit_every=self.cfg.refit_interval)
+        use_margin = self.cfg.error_margin and self.host.measures_iterations
+        self.error_margin: ErrorMargin | None = ErrorMargin(self.cfg.margin_quantile) if use_margin else None
         self._min_tbt_cache: dict[int, float] = {}
+        self._tight_ttft: tuple[float, float] | None = None  # (tightest TTFT SLO ms seen, when) for the TTFT guard
         self.packing = True  # subclasses that fix their own order (the Oracle) turn A3's window off
         self.strict = False  # ... and stop at the first refusal instead of backfilling
 
@@ -70,12 +82,26 @@ class AccelGenPolicy(Policy):
 
     # --- A1 online refit --------------------------------------------------------------------------------------
     def observe_iteration(self, shape: BatchShape, seconds: float) -> None:
-        """A measured iteration (host clock, not read here); refits the latency model periodically."""
+        """A measured iteration (host clock, not read here): updates the error margin against the model that
+        sized it, and refits the latency model periodically."""
+        if self.error_margin is not None:
+            self.error_margin.observe(shape, seconds, self.latency.iteration_s(shape))
         if self.fitter is None:
             return
         model = self.fitter.observe(shape, seconds)
         if model is not None:
             self.set_latency(model)
+            if self.error_margin is not None:
+                self.error_margin.rebase(model)
+
+    @property
+    def margin(self) -> float:
+        """A1's current safety factor on the TBT limit (1.0 without measurements or with the margin off)."""
+        return self.error_margin.value if self.error_margin is not None else 1.0
+
+    def target_s(self, limit_s: float | None) -> float | None:
+        """The iteration time A1 sizes for: the tightest TBT SLO over the error margin."""
+        return None if limit_s is None else limit_s / self.margin
 
     def set_latency(self, latency: LatencyModel) -> None:
         self.latency = latency
@@ -137,6 +163,7 @@ class AccelGenPolicy(Policy):
             grouping=cfg.slo_priority,
             sec_per_token=sec_per_token if cfg.slo_priority and cfg.slack_pruning else 0.0,
             group_mode=cfg.slo_group_mode,
+            chunk_yields=cfg.chunk_yield,
         )
         if not cfg.slo_priority:  # A2 off: first come, first served (chunked request still first)
             cands.sort(key=lambda c: (c.tier != 0, c.req.arrival_s))
@@ -147,10 +174,12 @@ class AccelGenPolicy(Policy):
         self.gate.begin(view)
         decode_ctx = tuple(r.seq_len for r in view.running)
         limit_s, best_effort = self.iteration_limit_s(view, decode_ctx)
+        cap_s = self.ttft_cap_s(view)
         nd = len(decode_ctx)
         chunked = next((w for w in view.waiting if w.rid == view.chunked_rid), None)
         chunk_ctx = max(chunked.cached_len, chunked.prefilled_len) if chunked is not None else 0
-        budget = self.sizer.budget(limit_s, decode_ctx, chunk_ctx) if cfg.dynamic_chunk else max(cfg.pivot_tokens, nd)
+        target_s = self.target_s(cap_s if limit_s is None else limit_s if cap_s is None else min(limit_s, cap_s))
+        budget = self.sizer.budget(target_s, decode_ctx, chunk_ctx) if cfg.dynamic_chunk else max(cfg.pivot_tokens, nd)
         spt = 0.0
         if view.waiting and budget > nd:
             shape = BatchShape(prefill=((budget - nd, chunk_ctx),), decode_ctx=decode_ctx)
@@ -159,19 +188,19 @@ class AccelGenPolicy(Policy):
         prefill: list[tuple[int, int]] = []
 
         def fit(c: Candidate, t: int) -> int:
-            if limit_s is None or not cfg.dynamic_chunk:
+            if target_s is None or not cfg.dynamic_chunk:
                 return t
             base = nd + sum(n for n, _ in prefill)
             if base + t <= cfg.min_budget:  # the floor: progress even when the SLO cannot be met
                 return t
             shape = BatchShape(prefill=(*prefill, (t, c.ctx)), decode_ctx=decode_ctx)
-            if self.latency.iteration_s(shape) <= limit_s:
+            if self.latency.iteration_s(shape) <= target_s:
                 return t
             lo, hi = max(cfg.min_budget - base, 0), t  # largest t' with the shape within the limit
             while hi - lo > 1:
                 mid = (lo + hi) // 2
                 s = BatchShape(prefill=(*prefill, (mid, c.ctx)), decode_ctx=decode_ctx)
-                lo, hi = (mid, hi) if self.latency.iteration_s(s) <= limit_s else (lo, mid)
+                lo, hi = (mid, hi) if self.latency.iteration_s(s) <= target_s else (lo, mid)
             return lo
 
         def record(c: Candidate, t: int) -> None:
@@ -179,20 +208,20 @@ class AccelGenPolicy(Policy):
                 prefill.append((t, c.ctx))
 
         kv_free = view.pool.available_tokens - view.pool.reserve_tokens - nd
-        admits, used = pack(
-            [c for c in cands if c.req.seq_len < view.pool.capacity_tokens - nd],  # the rest can never fit
-            max(budget - nd, 0),
-            kv_free,
-            self.gate,
-            fit,
-            record,
-            window=cfg.pack_window,
-            multi_resource=cfg.multi_resource and self.packing,
-            strict=self.strict,
-        )
+        usable = [c for c in cands if c.req.seq_len < view.pool.capacity_tokens - nd]  # the rest can never fit
+        kw = {"window": cfg.pack_window, "multi_resource": cfg.multi_resource and self.packing, "strict": self.strict}
+        chunk_c = next((c for c in usable if c.req.rid == view.chunked_rid), None)
+        if chunk_c is None or chunk_c is usable[0]:
+            admits, used = pack(usable, max(budget - nd, 0), kv_free, self.gate, fit, record, **kw)
+        else:
+            admits, used = self._pack_yielding(usable, chunk_c, max(budget - nd, 0), kv_free, fit, prefill,
+                                               view.pool.page_size, kw)  # fmt: skip
         notes = {"budget": float(budget), "prefill_tokens": float(used), "decodes": float(nd)}
+        if cap_s is not None:
+            notes["ttft_cap_ms"] = cap_s * 1e3
         if limit_s is not None:
             notes["limit_ms"] = limit_s * 1e3
+            notes["margin"] = self.margin
         if binding_ms is not None:
             notes["binding_ms"] = binding_ms
         if best_effort:
@@ -208,6 +237,73 @@ class AccelGenPolicy(Policy):
             run_decodes=True,
             notes=notes,
         )
+
+    def _pack_yielding(
+        self,
+        cands: list[Candidate],
+        chunk: Candidate,
+        tokens: int,
+        kv_free: int,
+        fit: Callable[[Candidate, int], int],
+        prefill: list[tuple[int, int]],
+        page: int,
+        kw: dict,
+    ) -> tuple[list[Admit], int]:
+        """A2's chunk yield (``--ext-accelgen-chunk-yield``): the candidates ahead of the in-progress chunk in the
+        A2 order join whole, then the chunk takes what is left of the budget (at least a page, reserved in the
+        iteration's shape from the start, so A1's limit holds for the whole plan); when it finishes its prompt the
+        rest of the order may follow. The chunk's admission is listed first, as SGLang continues it first (its
+        tokens are capped through SGLang's ``chunked_req_limit``)."""
+
+        def record(c: Candidate, t: int) -> None:
+            if t > 0:
+                prefill.append((t, c.ctx))
+
+        if tokens <= 0:  # the decodes take the whole budget: nothing is prefilled, as without the yield
+            return [], 0
+        i = cands.index(chunk)
+        least = min(chunk.remaining, page)
+        prefill.append((least, chunk.ctx))  # reserved: the chunk's minimum is part of every shape checked
+        ahead, used = pack(cands[:i], max(tokens - least, 0), kv_free, self.gate, fit, record, whole_only=True, **kw)
+        prefill.pop(0)
+        want = min(chunk.remaining, max(tokens - used, least))
+        t = max(fit(chunk, want), least)
+        adm = self.gate.admit(chunk.req, t)
+        if adm is None:  # no KV for its next chunk: the requests ahead still go
+            return ahead, used
+        prefill.insert(0, (t, chunk.ctx))
+        admits, used = [adm, *ahead], used + t
+        if t == chunk.remaining and tokens > used:
+            rest, more = pack(cands[i + 1 :], tokens - used, kv_free, self.gate, fit, record, **kw)
+            admits += rest
+            used += more
+        return admits, used
+
+    def ttft_cap_s(self, view: SchedulerView) -> float | None:
+        """A1's TTFT guard (``--ext-accelgen-ttft-guard``): an iteration may last at most this fraction of the
+        tightest TTFT SLO among the requests waiting in the last :data:`TTFT_WINDOW_S` seconds. Why: A1 sizes for
+        the *running* requests' TBT; with none running (or only loose ones) an iteration may grow to the maximum
+        budget, and a short prompt arriving meanwhile waits for all of it — a tight TTFT class is missed at any
+        load. With the cap, a new arrival waits at most one iteration and is prefilled in the next: at the default
+        half of its TTFT SLO, those two iterations fit in it. (A third was measured too: it cost 2-9 points of the
+        tight class's attainment on mixed-code-conv's relative SLOs, where one tiny prompt's 5x-isolated TTFT then
+        caps every iteration, and gained nothing on tight-chat-long.) TTFT SLOs below the shortest possible
+        iteration are ignored (infeasible, as A1's best-effort TBT class)."""
+        frac = self.cfg.ttft_guard
+        if frac <= 0:
+            return None
+        now = view.now_s
+        floor = self._min_tbt_ms(1)
+        tight = min((w.slo.ttft_ms for w in view.waiting
+                     if w.slo.ttft_ms is not None and w.first_token_s is None and w.slo.ttft_ms >= floor),
+                    default=None)  # fmt: skip
+        seen = self._tight_ttft
+        if tight is not None and (seen is None or tight <= seen[0] or now - seen[1] > TTFT_WINDOW_S):
+            self._tight_ttft = seen = (tight, now)
+        if seen is None or now - seen[1] > TTFT_WINDOW_S:
+            self._tight_ttft = None
+            return None
+        return frac * seen[0] / 1e3
 
     def choose_victims(self, view: SchedulerView, tokens_needed: int) -> tuple[Preempt, ...]:
         return self.gate.victims(view, tokens_needed)

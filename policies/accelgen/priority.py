@@ -3,6 +3,10 @@
 Order of the waiting queue, as the sort key ``(tier, group_penalty, slack)``:
 
 * **tier 0** — the request whose chunked prefill is in progress (it already holds KV; SGLang continues it first).
+  With ``chunk_yields`` (AccelGen's default) it has no tier of its own: it is ordered by its slack like any other
+  request (tier 1 when starving, else 2 or 3), so a short prompt with less slack joins the iteration ahead of it
+  (whole; the chunk keeps the rest of the budget, at least a page — SGLang's ``chunked_req_limit``). Without this
+  a chat request arriving while a long prompt is being chunked waits for the whole long prefill.
 * **tier 1** — requests resuming after a preemption (their token stream is stalled mid-response, and the TBT
   metric counts the stall) and *starving* requests (waiting longer than ``starve_s``), oldest first. This tier
   is what guarantees that no request is starved by the tiers below, whatever its SLOs.
@@ -110,11 +114,13 @@ def order_waiting(
     grouping: bool = True,
     sec_per_token: float = 0.0,
     group_mode: str = "tighter",
+    chunk_yields: bool = False,
 ) -> tuple[list[Candidate], float | None]:
     """Waiting requests in A2 order, and the binding SLO used for grouping. ``binding_ms``: the running
     requests' tightest feasible TBT SLO (None: none binds, the waiting queue's least-slack request sets it).
     ``feasible_tbt`` maps rid -> TBT SLO with best-effort SLOs removed (missing rids use the request's own);
-    ``grouping=False`` gives plain least-slack-first (ablation); ``sec_per_token > 0`` turns on slack pruning."""
+    ``grouping=False`` gives plain least-slack-first (ablation); ``sec_per_token > 0`` turns on slack pruning;
+    ``chunk_yields`` orders the in-progress chunked request by its slack instead of first (module docstring)."""
     now = view.now_s
     out: list[Candidate] = []
     for req in view.waiting:
@@ -126,7 +132,7 @@ def order_waiting(
         else:
             solo = latency.prefill_s(remaining, ctx) if remaining else 0.0
             slack = req.arrival_s + ttft / 1e3 - now - solo
-        if req.rid == view.chunked_rid:
+        if req.rid == view.chunked_rid and not chunk_yields:
             tier = TIER_CHUNKED
         elif req.output_len > 0 or req.swapped_out or now - req.arrival_s > starve_s:
             tier = TIER_RESUME

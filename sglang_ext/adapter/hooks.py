@@ -96,6 +96,23 @@ def around_adder_class(original: Any, sched: Any, *args: Any, **kwargs: Any) -> 
 _RETRACTING: list[Any] = []
 
 
+def around_chunk_limit(original: Any, policy: Any, chunked_req: Any, waiting_queue: Any, budget: int,
+                       page_size: int, *args: Any, **kwargs: Any) -> Any:  # fmt: skip
+    """The in-progress chunked prefill takes the tokens the plan gave it, through SGLang's own cap on the active
+    chunk (``PrefillAdder.chunked_req_limit``, which SGLang's shortest-prefill-first policy uses to keep budget for
+    short waiting requests): AccelGen's A2 may let urgent short prompts join the iteration ahead of the chunk."""
+    default = original(policy, chunked_req, waiting_queue, budget, page_size, *args, **kwargs)
+    a = _ADAPTER
+    if a is None or a.plan is None:
+        return default
+    tokens = next((x.prefill_tokens for x in a.plan.admit if x.rid == chunked_req.rid), None)
+    if tokens is None or tokens >= budget:
+        return default
+    limit = max(tokens // page_size * page_size, page_size)
+    a.counters["chunk_yields"] += 1
+    return limit if default is None else min(default, limit)
+
+
 def around_retract_decode(original: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
     _RETRACTING.append(batch)
     try:
@@ -157,6 +174,7 @@ SCHEDULER_HOOKS = (
     (f"{SCHED}._add_request_to_queue", after_add_request, "AFTER"),
     (f"{SCHED}.run_batch", around_run_batch, "AROUND"),
     (f"{POLICY}.calc_priority", around_calc_priority, "AROUND"),
+    (f"{POLICY}.shortest_prefill_chunk_limit", around_chunk_limit, "AROUND"),
     (f"{BATCH}.retract_decode", around_retract_decode, "AROUND"),
     (f"{BATCH}._get_decode_retraction_order", around_retraction_order, "AROUND"),
     ("sglang.srt.sampling.sampling_params.SamplingParams.verify", after_sampling_verify, "AFTER"),
