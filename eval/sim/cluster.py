@@ -108,6 +108,9 @@ class Replica:
                 f"replica {self.index}: policy {s.policy.name!r} admits nothing with {len(s.waiting)} waiting, "
                 f"{len(s.running)} running, {s.pool.free} of {s.pool.capacity} KV tokens free, and no arrival left"
             )
+        reqs = self.sim.requests
+        first = min((x.record.arrival_s if isinstance(x, SimRequest) else x.arrival_s) for x in reqs) if reqs else 0.0
+        self.sim.stats.span_s = self.sim.now - first if reqs else 0.0  # as Simulator.run: first arrival to the end
 
 
 @dataclass
@@ -178,7 +181,10 @@ def _sum_stats(stats: Iterable[SimStats]) -> SimStats:
     out = SimStats()
     for s in stats:
         for f in fields(SimStats):
-            setattr(out, f.name, getattr(out, f.name) + getattr(s, f.name))
+            if f.name == "span_s":  # the cluster's span is the longest replica's, not a sum of overlapping spans
+                out.span_s = max(out.span_s, s.span_s)
+            else:
+                setattr(out, f.name, getattr(out, f.name) + getattr(s, f.name))
     return out
 
 
