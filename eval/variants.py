@@ -61,6 +61,35 @@ def _tuned_members() -> tuple[Variant, ...]:
     return tuple(out)
 
 
+def _cacheopt_ablation() -> tuple[Variant, ...]:
+    """CacheOPT with mixed chunk, one component changed at a time (issue 11's ablation): the paper's per-request
+    admission instead of the pool rule, and each of C2 (reuse), C3 (top-ups and reserve), C4 (victim rule; SGLang's
+    retraction order instead), C5 (swap-or-recompute; always recompute), and the C2 queue order without late-last."""
+    mixed = {"ext_cacheopt_mixed_chunk": True}
+    rows = (
+        ("paper", {"ext_cacheopt_admission": "paper"}, "the paper's per-request bound (C1) instead of the pool rule"),
+        ("no-reuse", {"ext_cacheopt_reuse": False}, "C2 reuse off"),
+        ("no-topup", {"ext_cacheopt_topup": False}, "C3 top-ups and reserve off"),
+        ("no-victim", {"ext_cacheopt_victim": False}, "C4 victim rule off (SGLang's retraction order)"),
+        ("recompute", {"ext_cacheopt_swap_or_recompute": False}, "C5 off: every preemption recomputes"),
+        ("fifo", {"ext_cacheopt_late_last": False}, "queue order without late-last (oldest first)"),
+    )
+    return tuple(
+        Variant(f"cacheopt-mixed-{n}", "cacheopt", {**mixed, **f}, True, estimates=True, what=f"ablation: {w}")
+        for n, f, w in rows
+    )
+
+
+def _accelgen_ablation() -> tuple[Variant, ...]:
+    """AccelGen with one of A1 (dynamic chunk), A2 (least-slack order, grouping) or A3 (packing) off (issue 12)."""
+    rows = (
+        ("a1-off", {"ext_accelgen_dynamic_chunk": False}, "A1 off (fixed chunk)"),
+        ("a2-off", {"ext_accelgen_slo_priority": False}, "A2 off (arrival order)"),
+        ("a3-off", {"ext_accelgen_multi_resource": False}, "A3 off (no compute + KV packing)"),
+    )
+    return tuple(Variant(f"accelgen-{n}", "accelgen", f, True, what=f"ablation: {w}") for n, f, w in rows)
+
+
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
@@ -80,10 +109,10 @@ VARIANTS: dict[str, Variant] = {
                 what="AccelGen's batching with CacheOPT's KV management"),
         Variant("sarathi", "sarathi", mixed=True, what="Sarathi-Serve stall-free batching, fixed chunk"),
         Variant("vllm", "vllm", mixed=True, what="vLLM v1 chunked prefill, admit until full, recompute"),
-        Variant("edf", "edf", mixed=True, what="deadline (EDF) ordering over SGLang's admission"),
+        Variant("edf", "edf", MIXED_FLAG, True, what="deadline (EDF) ordering over SGLang's admission, mixed chunk"),
         Variant("oracle", "oracle", mixed=True, what="AccelGen's A4 Oracle (true lengths; a reference, not a system)"),
     )
-}  # fmt: skip
+} | {v.name: v for v in (*_cacheopt_ablation(), *_accelgen_ablation())}  # fmt: skip
 
 
 def _known_flags() -> set[str]:
