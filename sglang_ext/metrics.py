@@ -106,8 +106,12 @@ class ExtMetrics:
         self.preempted_bytes = counter("preempted_bytes", "KV bytes of preempted requests, by mode.", ("mode",))
         self.preemption_seconds = counter("preemption_seconds", "Latency-model cost of the preemptions, by mode "
                                           "(swap: out and back; recompute: the re-prefill).", ("mode",))  # fmt: skip
-        self.swap_fallbacks = counter("swap_fallbacks", "Swaps C5 chose that the host ran as recompute (SGLang "
-                                      "retracts by recompute outside decode disaggregation).")  # fmt: skip
+        self.swap_fallbacks = counter("swap_fallbacks", "Swaps C5 chose that ran as recompute (less than a page of "
+                                      "KV, host swap space full, or the copy not restored at resume).")  # fmt: skip
+        self.swap_bytes = counter("swap_bytes", "KV bytes copied by executed swaps (C5), by direction (out: device "
+                                  "to host; in: host to device).", ("direction",))  # fmt: skip
+        self.swap_seconds = counter("swap_seconds", "Wall time of the swap copies (C5), by direction.",
+                                    ("direction",))  # fmt: skip
         self.predictor_requests = counter("predictor_requests", "Requests whose length the scheduler asked the "
                                           "predictor service for (C1).")  # fmt: skip
         self.predictor_fallbacks = counter("predictor_fallbacks", "Requests first planned before the service's "
@@ -128,6 +132,9 @@ class ExtMetrics:
                 c.labels(**lab, mode=m)
         for b in COVERAGE:
             self.finished.labels(**lab, bound=b)
+        for d in ("out", "in"):
+            self.swap_bytes.labels(**lab, direction=d)
+            self.swap_seconds.labels(**lab, direction=d)
         for c in (self.reserved_tokens, self.reused_tokens, self.topups, self.topup_tokens, self.swap_fallbacks,
                   self.predictor_requests, self.predictor_fallbacks, self.predictor_latency, self.chunk_budget,
                   self.decision_seconds):  # fmt: skip
@@ -190,7 +197,17 @@ class ExtMetrics:
         self.preempted_tokens.labels(**lab).inc(max(tokens, 0))
         self.preempted_bytes.labels(**lab).inc(max(tokens, 0) * self.kv_bytes_per_token if bytes_ is None else bytes_)
         self.preemption_seconds.labels(**lab).inc(max(seconds, 0.0))
-        if lab["mode"] == PreemptMode.SWAP.value:
+
+    def observe_swap(self, direction: str, nbytes: int, seconds: float) -> None:
+        """One executed swap copy (``out`` or ``in``) of ``nbytes`` taking ``seconds`` (C5, adapter/swap.py)."""
+        if not self.enabled:
+            return
+        self.swap_bytes.labels(**self.labels, direction=direction).inc(max(nbytes, 0))
+        self.swap_seconds.labels(**self.labels, direction=direction).inc(max(seconds, 0.0))
+
+    def observe_swap_fallback(self) -> None:
+        """A swap C5 chose ran as recompute (adapter/swap.py says why in its stats and log)."""
+        if self.enabled:
             self.swap_fallbacks.labels(**self.labels).inc()
 
     def observe_predictor(self, rid: str, answered: bool, since_submit_s: float) -> None:

@@ -145,7 +145,9 @@ def test_extension_metrics_on_sglangs_endpoint(ext: ServerProcess) -> None:
     assert 0 < tokens <= sglang_tokens  # own KV only: a shared prefix stays in the radix cache
     assert delta("sglang_ext:preempted_bytes_total") == tokens * KV_BYTES_PER_TOKEN
     assert delta("sglang_ext:preemption_seconds_total") > 0
-    assert delta("sglang_ext:swap_fallbacks_total") == delta("sglang_ext:preemptions_total", mode="swap")
+    swaps, fallbacks = delta("sglang_ext:preemptions_total", mode="swap"), delta("sglang_ext:swap_fallbacks_total")
+    assert fallbacks <= swaps  # a swap runs (its bytes counted) or falls back to recompute, counted once
+    assert swaps == fallbacks or delta("sglang_ext:swap_bytes_total", direction="out") > 0  # executed: bytes moved
     # admissions: each request once, and once more after each preemption
     own, reuse = delta("sglang_ext:admissions_total", kind="own"), delta("sglang_ext:admissions_total", kind="reuse")
     assert own + reuse == N + preempted

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from policies.views import PreemptMode
+from sglang_ext import metrics as ext_metrics
 
 logger = logging.getLogger("sglang_ext")
 
@@ -202,10 +203,12 @@ class SwapManager:
         n = computed // self.page * self.page
         if n <= 0:
             st.fallback_too_short += 1
+            ext_metrics.get().observe_swap_fallback()
             return False
         self.discard(req.rid)  # a stale copy (never expected: admission frees it) must not count against the budget
         if st.host_tokens + n > self.budget_tokens:
             st.fallback_no_space += 1
+            ext_metrics.get().observe_swap_fallback()
             logger.info("sglang_ext swap: host budget full (%d + %d > %d tokens), %s recomputes",
                         st.host_tokens, n, self.budget_tokens, req.rid)  # fmt: skip
             return False
@@ -226,6 +229,7 @@ class SwapManager:
         st.host_tokens += n
         st.host_bytes += nbytes
         st.peak_host_bytes = max(st.peak_host_bytes, st.host_bytes)
+        ext_metrics.get().observe_swap("out", nbytes, t.seconds)
         logger.info("sglang_ext swap-out rid=%s tokens=%d bytes=%d seconds=%.6f", req.rid, n, nbytes, t.seconds)
         return True
 
@@ -285,6 +289,7 @@ class SwapManager:
         st.tokens_reused += m
         st.bytes_in += nbytes
         st.seconds_in += t.seconds
+        ext_metrics.get().observe_swap("in", nbytes, t.seconds)
         logger.info("sglang_ext swap-in rid=%s restored=%d copied=%d reused=%d bytes=%d seconds=%.6f",
                     req.rid, n, need, m, nbytes, t.seconds)  # fmt: skip
         return need
@@ -311,6 +316,7 @@ class SwapManager:
         self._free(rid)
         if fallback:
             self.stats.fallback_not_restored += 1
+            ext_metrics.get().observe_swap_fallback()
         else:
             self.stats.discarded += 1
 
