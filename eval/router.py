@@ -76,11 +76,24 @@ class RouterProcess:
         while time.monotonic() < end:
             if self.proc is None or self.proc.poll() is not None:
                 raise ServerError(f"router exited during start-up:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.base_url + "/health", timeout=2).status_code == 200:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                # healthy is not enough: until the router has read its workers' model info it answers 404 "no
+                # worker available for model 'unknown'"; ready = every worker listed healthy on GET /workers
+                if httpx.get(self.base_url + "/health", timeout=2).status_code == 200 and self._workers_ready():
                     return
             time.sleep(0.5)
         raise ServerError(f"router not healthy after {self.startup_timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def _workers_ready(self) -> bool:
+        want = self.args[self.args.index("--worker-urls") + 1 :] if "--worker-urls" in self.args else []
+        want = [w for w in want[: next((i for i, a in enumerate(want) if a.startswith("--")), len(want))]]
+        r = httpx.get(self.base_url + "/workers", timeout=2)
+        if r.status_code != 200:
+            return False
+        doc = r.json()
+        workers = doc.get("workers", doc) if isinstance(doc, dict) else doc
+        healthy = [w for w in workers if isinstance(w, dict) and w.get("is_healthy", True)]
+        return len(healthy) >= len(want)
 
     def stop(self, grace_s: float = 10.0) -> None:
         proc, self.proc = self.proc, None
