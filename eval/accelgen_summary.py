@@ -9,7 +9,8 @@ nothing new. Writes ``DIR/targets.json`` and ``DIR/targets.md`` (and prints the 
 Conventions. *Max rate* is the compare engine's "every SLO class at >= 90% attainment" rate
 (``max_rate_90_all_classes``, interpolated between swept rates; ``>=`` when no swept rate misses). A variant's max rate
 is read from the run that swept it; when two runs sweep it, the one with more seeds, then more requests, wins.
-*Stable loads* for goodput are the swept rates at which both sides keep every class at >= 90%.
+*Stable loads* for goodput are the swept rates at which both sides keep every class at >= 90%. Max rates and goodput
+come from exact-model runs only; latency-error runs and the Oracle's tiny exhaustive instances have their own tables.
 """
 
 from __future__ import annotations
@@ -35,15 +36,18 @@ def _worst(e: dict[str, Any]) -> float | None:
     return min(vals) if vals else e["metrics"]["slo_attainment"]["mean"]
 
 
+def _capacity_run(doc: dict[str, Any]) -> bool:
+    """A run that measures capacity: the exact latency model, and not the Oracle's tiny exhaustive instances."""
+    return doc.get("latency_error", "exact") in ("exact", "") and not any(
+        "oracle-exact" in sec["results"] for sec in doc["slo"].values()
+    )
+
+
 def max_rates(runs: dict[str, dict[str, Any]], scenario: str, setting: str) -> dict[str, dict[str, Any]]:
     """Per variant, its every-class max rate in ``scenario``/``setting`` from the run that swept it best."""
     best: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
     for name, doc in runs.items():
-        if (
-            doc["scenario"]["name"] != scenario
-            or setting not in doc["slo"]
-            or doc.get("latency_error", "exact") not in ("exact", "")
-        ):
+        if doc["scenario"]["name"] != scenario or setting not in doc["slo"] or not _capacity_run(doc):
             continue
         sec = doc["slo"][setting]
         for v, m in sec.get("max_rate_90_all_classes", {}).items():
@@ -82,7 +86,7 @@ def goodput_rows(runs: dict[str, dict[str, Any]], scenario: str, setting: str, o
     """Goodput of ``ours`` against each baseline at the rates both ran in one run (means and 95% intervals)."""
     out = []
     for name, doc in runs.items():
-        if doc["scenario"]["name"] != scenario or setting not in doc["slo"]:
+        if doc["scenario"]["name"] != scenario or setting not in doc["slo"] or not _capacity_run(doc):
             continue
         res = doc["slo"][setting]["results"]
         if ours not in res:
