@@ -81,11 +81,15 @@ def _cacheopt_ablation() -> tuple[Variant, ...]:
 
 
 def _accelgen_ablation() -> tuple[Variant, ...]:
-    """AccelGen with one of A1 (dynamic chunk), A2 (least-slack order, grouping) or A3 (packing) off (issue 12)."""
+    """AccelGen with one of A1 (dynamic chunk), A2 (least-slack order, grouping) or A3 (packing) off, or one of the
+    robustness pieces added for issue 12 off: A2's chunk yield, A1's TTFT guard, A1's measured-error margin."""
     rows = (
         ("a1-off", {"ext_accelgen_dynamic_chunk": False}, "A1 off (fixed chunk)"),
         ("a2-off", {"ext_accelgen_slo_priority": False}, "A2 off (arrival order)"),
         ("a3-off", {"ext_accelgen_multi_resource": False}, "A3 off (no compute + KV packing)"),
+        ("no-yield", {"ext_accelgen_chunk_yield": False}, "A2's chunk yield off (the chunked prefill keeps its turn)"),
+        ("no-guard", {"ext_accelgen_ttft_guard": 0.0}, "A1's TTFT guard off"),
+        ("no-margin", {"ext_accelgen_error_margin": False}, "A1's measured-error margin off"),
     )
     return tuple(Variant(f"accelgen-{n}", "accelgen", f, True, what=f"ablation: {w}") for n, f, w in rows)
 
@@ -111,6 +115,8 @@ VARIANTS: dict[str, Variant] = {
         Variant("vllm", "vllm", mixed=True, what="vLLM v1 chunked prefill, admit until full, recompute"),
         Variant("edf", "edf", MIXED_FLAG, True, what="deadline (EDF) ordering over SGLang's admission, mixed chunk"),
         Variant("oracle", "oracle", mixed=True, what="AccelGen's A4 Oracle (true lengths; a reference, not a system)"),
+        Variant("oracle-exact", "oracle", mixed=True, attrs={"exact_limit": 8},
+                what="the A4 Oracle searching every order up to 8 candidates (exact on small instances)"),
     )
 } | {v.name: v for v in (*_cacheopt_ablation(), *_accelgen_ablation())}  # fmt: skip
 

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from eval import latency_error
 from eval import scenarios as SC
 from eval.compare import stats as S
 from eval.compare.capacity import find_capacity
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slo", default=None, help="SLO setting(s): absolute, relative or both (default: primary)")
     ap.add_argument("--requests", type=int, default=None, help="requests per run (default: the scenario's)")
     ap.add_argument("--estimates", default=None, help="estimate regime: in-distribution or off-source")
+    ap.add_argument("--latency-error", default="exact",
+                    help="exact, or bias=X,shape=X,noise=X,seed=N: the policy's latency model is wrong and/or the "
+                         "simulated truth jitters (eval.latency_error); SLOs stay the true profile's")  # fmt: skip
     ap.add_argument("--capacity", action="store_true",
                     help="compute and store matched sglang's capacity (--scenario all: every scenario)")  # fmt: skip
     ap.add_argument("--out", default=None, help="output directory (compare.json, compare.md)")
@@ -151,13 +155,19 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
     anchor_name, cap = anchor(sc, [v.name for v in variants] or names)
     rates = parse_rates(a.rates) or SC.rate_grid(sc, cap)
     seeds = list(range(a.seeds or sc.seeds))
-    doc = run_compare(sc, variants, rates, seeds, settings, runner, num_requests=a.requests, regime=a.estimates)
+    try:
+        err = latency_error.parse(a.latency_error)
+    except ValueError as e:
+        raise ValueError(f"--latency-error: {e}") from None
+    doc = run_compare(sc, variants, rates, seeds, settings, runner, num_requests=a.requests, regime=a.estimates,
+                      latency_error="exact" if err.exact else a.latency_error.strip())  # fmt: skip
     cmd = "python -m eval.compare " + shown_argv(argv if argv is not None else sys.argv[1:])
     out = {"scenario": scenario_header(sc), "command": cmd, "fingerprint": code_fingerprint(), "commit": git_commit(),
            "interval": S.INTERVAL, "max_rate_method": S.MAX_RATE_METHOD, "tie_rule": S.TIE_RULE,
            "capacity": {"anchor": anchor_name, "value": cap, "sglang": SC.stored_capacity(sc.name, "sglang"),
                         "sglang-mixed": SC.stored_capacity(sc.name, "sglang-mixed"),
                         **({sc.anchor: SC.stored_capacity(sc.name, sc.anchor)} if sc.anchor else {})},
+           "latency_error": "exact" if err.exact else a.latency_error.strip(),
            "rates": rates, "seeds": seeds, "num_requests": a.requests or sc.num_requests,
            "variants": {v.name: {"policy": v.policy, "flags": v.flags, "mixed": v.mixed, "matched": v.matched,
                                  "chunk": v.chunk, "estimates": v.estimates, "what": v.what} for v in variants},

@@ -39,8 +39,10 @@ def priority_by_class(slo_spec: str) -> str:
 
 
 def cell_params(scenario: Scenario, variant: Variant, rate: float | str, seed: int, slo_setting: str, *,
-                num_requests: int | None = None, regime: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """The cell's parameters (everything its result depends on besides the code)."""
+                num_requests: int | None = None, regime: str | None = None,
+                latency_error: str = "exact") -> dict[str, Any]:  # fmt: skip
+    """The cell's parameters (everything its result depends on besides the code). ``latency_error``
+    (eval.latency_error's spec) makes the policy's latency model wrong and/or the simulated truth jitter."""
     import profiles
 
     prof = profiles.get(scenario.profile)
@@ -62,6 +64,7 @@ def cell_params(scenario: Scenario, variant: Variant, rate: float | str, seed: i
         "context_len": prof.context_len, "variant": variant.name, "policy": variant.policy, "flags": flags,
         "chunk": variant.chunk or chunk, "mixed": variant.mixed, "attrs": dict(variant.attrs),
         "estimates": (regime or scenario.estimates) if variant.estimates else None,
+        **({} if latency_error in ("", "exact") else {"latency_error": latency_error}),
     }  # fmt: skip
 
 
@@ -75,6 +78,7 @@ def run_cell(params: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     import profiles
+    from eval import latency_error
     from eval.estimates import simulated_estimator
     from eval.metrics import summarize_by_class
     from eval.sim import Simulator
@@ -92,7 +96,8 @@ def run_cell(params: dict[str, Any]) -> dict[str, Any]:
     if burst:
         specs = [replace(s, arrival_s=0.0) for s in specs]
     variant = _variant_of(params)
-    pol = build_policy(variant, prof, page_size=params["page_size"], chunk=params["chunk"],
+    err = latency_error.parse(params.get("latency_error", "exact"))
+    pol = build_policy(variant, err.policy_model(prof), page_size=params["page_size"], chunk=params["chunk"],
                        context_len=params["context_len"])  # fmt: skip
     est = None
     if params["estimates"] is not None:
@@ -101,7 +106,9 @@ def run_cell(params: dict[str, Any]) -> dict[str, Any]:
         est = simulated_estimator(specs, regime=params["estimates"], rate=rate, alpha=pcfg.alpha, beta=pcfg.beta,
                                   seed=params["seed"] + 17)  # fmt: skip
     pool = int(params["pool_tokens"])
-    res = Simulator(pol, prof, pool_tokens=pool, page_size=params["page_size"], estimator=est).run(specs)
+    res = Simulator(
+        pol, err.truth(prof, params["seed"]), pool_tokens=pool, page_size=params["page_size"], estimator=est
+    ).run(specs)
     st = res.stats
     n = max(len(specs), 1)
     done = [r for r in res.records if r.ok and r.finish_s is not None]
