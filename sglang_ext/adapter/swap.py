@@ -258,7 +258,11 @@ class SwapManager:
         key = RadixKey(ids, req.extra_key, cache_salt=req.cache_salt)
         match = tree.match_prefix(MatchPrefixParams(key=key))
         m = int(match.device_prefix_len)
-        if m >= n:
+        if m >= n:  # the tree holds the whole copy (never evicted since the release, or restored on an earlier try)
+            if entry.restored < n:  # once per restore, not on every scheduling round the request waits
+                st.tokens_reused += n
+                logger.info("sglang_ext swap-in rid=%s restored=%d copied=0 reused=%d bytes=0 seconds=0.000000",
+                            req.rid, n, n)  # fmt: skip
             entry.restored = n
             return 0
         need = n - m
