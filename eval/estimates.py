@@ -159,3 +159,27 @@ def simulated_estimator(
             bound = max(point, min(spec.max_new_tokens, math.ceil(dist.quantile(conf))))
             table[spec.rid] = LengthEstimate(point, bound, conf, dist=dist)
     return SimulatedEstimator(table, regime, conf, {"tau": quality.tau, "rho": rho})
+
+
+class OnlineEstimator:
+    """The server's ``--ext-predictor-mode online`` in the simulator (:class:`predictors.online.OnlineLengthBound`):
+    every request's estimate is the distribution of the lengths this host has finished so far (the fallback, its cap,
+    before ``min_samples``), re-issued to every live request when a request finishes, as the adapter re-estimates
+    every request at each iteration. Needed where the simulator is compared with a server running that mode (the
+    fidelity run on the live CacheOPT scenario). ``rate``: a callable giving the host's arrival-rate estimate now
+    (C1's load-adapted confidence); the simulator sets it to its own :class:`host.core.HostCore` estimate."""
+
+    def __init__(self, alpha: float, beta: float) -> None:
+        from predictors.online import OnlineLengthBound
+
+        self.bound = OnlineLengthBound(alpha, beta)
+        self.rate: Callable[[], float] = lambda: 0.0
+
+    def __call__(self, spec: RequestSpec) -> LengthEstimate | None:
+        return self.current(spec.max_new_tokens, 0)
+
+    def current(self, max_new_tokens: int, output_len: int) -> LengthEstimate:
+        return self.bound.estimate(max_new_tokens, output_len, self.rate())
+
+    def observe(self, output_len: int) -> None:
+        self.bound.observe(output_len)

@@ -38,6 +38,8 @@ import httpx
 import numpy as np
 
 import profiles
+from eval.demo import DEFAULT_EXT_ARGS, DEFAULT_STOCK_ARGS
+from eval.estimates import OnlineEstimator
 from eval.fidelity_report import attach_server_log, compare, iteration_stats, render, tpot
 from eval.loadgen import LoadgenError, run_load
 from eval.metrics import RequestRecord, write_records
@@ -74,15 +76,35 @@ class FidelityRun:
     scale: float = 4.0
     max_context: int = 2048
     workload: str = "azure-conv"
+    output_scale: float = 1.0  # multiplies every true output length (the demo's long, heavy-tailed answers)
     profile: str = ""  # empty: the first of PROFILE_PREFERENCE that exists
     server_extra: tuple[str, ...] = ()
+    policy_args: tuple[tuple[str, str], ...] = ()  # (policy, its own server flags), e.g. the demo's matched pair
     timeout_s: float = 300.0
     progress: bool = False
     requests_dir: str | None = None  # write per-request JSON lines (real and simulated) here
 
     def specs(self, rate: float) -> list[RequestSpec]:
         return load_workload(self.workload, num_requests=self.num_requests, rate=rate, seed=self.seed,
-                             scale=self.scale, max_context=self.max_context)  # fmt: skip
+                             scale=self.scale, max_context=self.max_context,
+                             output_scale=self.output_scale)  # fmt: skip
+
+    def flags(self, policy: str) -> list[str]:
+        """Server flags of one policy's side: ``--ext-policy``, its own flags, then the common extras."""
+        own = dict(self.policy_args).get(policy, "")
+        return ["--ext-policy", policy, *own.split(), *self.server_extra]
+
+
+# Named configurations. ``demo``: issue 11's live KV-bound scenario exactly as ``eval.demo`` runs it (Azure
+# conversations, prompts / 8, outputs x 16 / 8, pool 2,048 tokens, 100 requests at 1.5 req/s, context cut to half the
+# pool) with the demo's matched flags per side: stock SGLang with its mixed chunk, and CacheOPT with mixed chunk and
+# the online length bound (the trace has no text).
+SCENARIOS: dict[str, FidelityRun] = {
+    "baselines": FidelityRun(),
+    "demo": FidelityRun(policies=("none", "cacheopt"), rates=(1.5,), num_requests=100, repeats=3, scale=8.0,
+                        output_scale=16.0, max_context=1024,
+                        policy_args=(("none", DEFAULT_STOCK_ARGS), ("cacheopt", DEFAULT_EXT_ARGS))),
+}  # fmt: skip
 
 
 @dataclass
@@ -143,17 +165,29 @@ def fetch_server_info(base_url: str) -> dict[str, Any]:
     return flat
 
 
-def simulate(policy: str, specs: list[RequestSpec], profile: LatencyModel, s: Settings):
-    """The simulator with the real server's settings; the policy sees the same ExtConfig the adapter builds."""
+def ext_config(flags: list[str]) -> ExtConfig:
+    """The ExtConfig a server started with ``flags`` runs (the plugin's own flag parser; other flags ignored)."""
+    from sglang_ext.config import add_cli_args, from_namespace
+
+    ap = argparse.ArgumentParser(add_help=False)
+    add_cli_args(ap)
+    return from_namespace(ap.parse_known_args(flags)[0])
+
+
+def simulate(policy: str, specs: list[RequestSpec], profile: LatencyModel, s: Settings, flags: list[str] = ()):
+    """The simulator with the real server's settings; the policy sees the same ExtConfig the adapter builds from
+    the side's ``flags``, and, with ``--ext-predictor-mode online``, the same online length estimates."""
     sim_policy = SIM_POLICY.get(policy, policy)
     sg = SGLangBaselineConfig(schedule_policy=s.schedule_policy if s.schedule_policy in ("fcfs", "lpm") else "fcfs",
                               schedule_conservativeness=s.schedule_conservativeness,
-                              chunked_prefill_size=s.chunked_prefill_size)  # fmt: skip
-    cfg = ExtConfig(policy=sim_policy, sglang=sg)
+                              chunked_prefill_size=s.chunked_prefill_size, mixed_chunk=s.mixed_chunk)  # fmt: skip
+    cfg = replace(ext_config(list(flags)), policy=sim_policy, sglang=sg)
     caps = sim_capabilities(sim_policy, cfg, page_size=s.page_size)
     caps = replace(caps, max_prefill_tokens=s.max_prefill_tokens, max_running_requests=s.max_running_requests)
     pol = base.create(sim_policy, profile, cfg, caps)
-    sim = Simulator(pol, profile, pool_tokens=s.pool_tokens, page_size=s.page_size, prefix_cache=s.prefix_cache)
+    est = OnlineEstimator(cfg.predictor.alpha, cfg.predictor.beta) if cfg.predictor.mode == "online" else None
+    sim = Simulator(pol, profile, pool_tokens=s.pool_tokens, page_size=s.page_size, prefix_cache=s.prefix_cache,
+                    estimator=est)  # fmt: skip
     return sim.run(specs)
 
 
@@ -238,7 +272,7 @@ def isolated_ttft_ms(base_url: str, prompt_len: int = 64, n: int = 5) -> float:
 def run_policy(policy: str, cfg: FidelityRun, profile: profiles.Profile, out: Path) -> dict[str, Any]:
     """One real server for ``policy``; per rate: ``repeats`` real replays (each bracketed by a contention probe),
     then the simulator twice (deterministic): with the profile as fitted, and scaled by the measured contention."""
-    args = cpu_server_args(pool_tokens=cfg.pool_tokens, extra=["--ext-policy", policy, *cfg.server_extra])
+    args = cpu_server_args(pool_tokens=cfg.pool_tokens, extra=cfg.flags(policy))
     res: dict[str, Any] = {"policy": policy, "server_args": args, "rates": {}}
     with ServerProcess(args, log_path=out / f"server_{policy}.log", startup_timeout_s=cfg.timeout_s) as srv:
         settings = server_settings(fetch_server_info(srv.base_url))
@@ -278,7 +312,7 @@ def run_policy(policy: str, cfg: FidelityRun, profile: profiles.Profile, out: Pa
                         ("sim_scaled", ScaledLatency(profile, k)))  # fmt: skip
             for name, lat in variants:
                 t0 = time.monotonic()
-                sim = simulate(policy, specs, lat, settings)
+                sim = simulate(policy, specs, lat, settings, cfg.flags(policy))
                 extra = {"wall_s": time.monotonic() - t0, "sim_iterations": sim.stats.iterations,
                          "iterations": iteration_stats(sim.records)}  # fmt: skip
                 sims[name] = _short(sim.summary) | tpot(sim.records) | extra
@@ -327,6 +361,13 @@ def run(cfg: FidelityRun, out: Path) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m eval.fidelity", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="reduced form: 60 requests, one rate, one repeat")
+    ap.add_argument("--scenario", default="baselines", choices=tuple(SCENARIOS),
+                    help="baselines: sglang/vllm on Azure conversations (lengths / 4); demo: the live KV-bound "
+                         "scenario of eval.demo, stock (mixed chunk) vs cacheopt with the demo's flags")  # fmt: skip
+    ap.add_argument("--scale", type=float, default=None, help="divide the trace's lengths by this")
+    ap.add_argument("--output-scale", type=float, default=None, help="output multiplier (before --scale)")
+    ap.add_argument("--policy-args", action="append", default=[], metavar="POLICY=FLAGS",
+                    help="server flags of one policy's side only (repeatable)")  # fmt: skip
     ap.add_argument("--policies", default=None, help="comma-separated --ext-policy values (default sglang,vllm)")
     ap.add_argument("--rates", default=None, help="comma-separated Poisson rates, req/s")
     ap.add_argument("--num-requests", type=int, default=None)
@@ -342,23 +383,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(a: argparse.Namespace) -> FidelityRun:
-    cfg = FidelityRun(num_requests=60, rates=(2.0,), repeats=1) if a.quick else FidelityRun()
+    cfg = SCENARIOS[a.scenario]
+    if a.quick:
+        cfg = replace(cfg, num_requests=60, rates=cfg.rates[:1], repeats=1)
     kw: dict[str, Any] = {"seed": a.seed, "profile": a.profile, "progress": a.progress,
                           "server_extra": tuple(a.server_args.split()), "requests_dir": a.requests_out}  # fmt: skip
     if a.policies:
         kw["policies"] = tuple(a.policies.split(","))
     if a.rates:
         kw["rates"] = tuple(float(x) for x in a.rates.split(","))
-    for k in ("num_requests", "repeats", "pool_tokens"):
+    for k in ("num_requests", "repeats", "pool_tokens", "scale", "output_scale"):
         if getattr(a, k) is not None:
             kw[k] = getattr(a, k)
+    if a.policy_args:
+        pairs = [x.split("=", 1) for x in a.policy_args]
+        if any(len(p) != 2 for p in pairs):
+            raise ValueError("--policy-args takes POLICY=FLAGS")
+        kw["policy_args"] = tuple((p, f) for p, f in pairs)
     return replace(cfg, **kw)
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    cfg = config_from_args(a)
     try:
+        cfg = config_from_args(a)
         pick_profile(cfg.profile)
         for p in cfg.policies:
             if SIM_POLICY.get(p, p) not in base.available():

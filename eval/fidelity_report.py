@@ -182,14 +182,19 @@ def render(doc: dict[str, Any], requests_dir: Path | None = None) -> str:
     out = [
         f"# Simulator fidelity: real tiny SGLang CPU server vs simulator ({doc['date']})",
         "",
-        f"Workload: {cfg['workload']}, first {cfg['num_requests']} requests, lengths / {cfg['scale']:g}, "
+        f"Workload: {cfg['workload']}, first {cfg['num_requests']} requests, lengths / {cfg['scale']:g}"
+        + (f" (outputs x {cfg['output_scale']:g} first)" if cfg.get("output_scale", 1.0) != 1.0 else "")
+        + ", "
         f"context <= {cfg['max_context']}, Poisson arrivals seed {cfg['seed']}, `cap` mode; KV pool "
         f"{cfg['pool_tokens']} tokens; {cfg['repeats']} real run(s) per rate (mean; spread = (max - min) / mean); "
         f"error = (sim - real) / real. Latency profile: `{doc['profile']['name']}` ({doc['profile']['source']}).",
         "",
     ]
+    flags = dict(cfg.get("policy_args") or ())
     for p in doc["policies"]:
         s = p.get("settings", {})
+        if flags.get(p["policy"]):
+            out.append(f"- `{p['policy']}` side flags: `{flags[p['policy']]}`")
         onoff = {k: "on" if s.get(k) else "off" for k in ("prefix_cache", "mixed_chunk", "overlap_schedule")}
         out.append(
             f"- `{p['policy']}` server: pool {s.get('pool_tokens')}, chunked prefill {s.get('chunked_prefill_size')}, "

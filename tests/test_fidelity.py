@@ -191,3 +191,48 @@ def test_server_log_runs_split_at_flushes_and_time_busy_decodes() -> None:
     assert runs[0]["busy_iteration_ms_p50"] == pytest.approx(100.0) and runs[0]["decode_logs"] == 2
     assert runs[0]["max_token_usage"] == 900 and runs[1]["busy_running_p50"] == 8
     assert runs[1]["busy_iteration_ms_p50"] == pytest.approx(20.0)
+
+
+def test_demo_scenario_runs_each_side_with_its_own_flags() -> None:
+    """The demo fidelity pair: stock with SGLang's mixed chunk, CacheOPT with the demo's flags; the simulator side
+    is configured from the same flags (mixed chunk, online length bound)."""
+    from eval.demo import DEFAULT_EXT_ARGS, DEFAULT_STOCK_ARGS
+
+    cfg = fd.config_from_args(fd.build_parser().parse_args(["--scenario", "demo"]))
+    assert cfg.policies == ("none", "cacheopt") and (cfg.scale, cfg.output_scale, cfg.pool_tokens) == (8, 16, 2048)
+    assert cfg.flags("none") == ["--ext-policy", "none", *DEFAULT_STOCK_ARGS.split()]
+    assert cfg.flags("cacheopt") == ["--ext-policy", "cacheopt", *DEFAULT_EXT_ARGS.split()]
+    ext = fd.ext_config([*cfg.flags("cacheopt"), "--model-path", "x"])
+    assert ext.predictor.mode == "online" and ext.cacheopt.mixed_chunk
+    base_specs = fd.SCENARIOS["baselines"].specs(1.5)
+    demo_specs = cfg.specs(1.5)
+    mean_out = sum(s.output_len for s in demo_specs) / len(demo_specs)
+    assert mean_out > 1.5 * sum(s.output_len for s in base_specs) / len(base_specs)  # outputs x2 against / 4
+    custom = fd.config_from_args(fd.build_parser().parse_args(["--policy-args", "vllm=--page-size 16"]))
+    assert custom.flags("vllm")[-2:] == ["--page-size", "16"]
+    assert fd.main(["--policy-args", "no-equals-sign", "--out", "/tmp/unused-fidelity"]) == 2
+
+
+def test_online_estimates_in_the_simulator_learn_from_finished_requests() -> None:
+    """``--ext-predictor-mode online`` in the simulator: estimates are the cap until 16 requests finished, then
+    the distribution of finished lengths, re-issued to live requests at every finish."""
+    from eval.estimates import OnlineEstimator
+    from eval.sim import Simulator, sim_capabilities
+    from policies import base
+    from policies.config import ExtConfig, PredictorConfig
+
+    cfg = ExtConfig(policy="cacheopt", predictor=PredictorConfig(mode="online"))
+    pol = base.create("cacheopt", LAT, cfg, sim_capabilities("cacheopt", cfg, page_size=1))
+    est = OnlineEstimator(0.95, 0.001)
+    work = specs(60, 0.2)
+    res = Simulator(pol, LAT, pool_tokens=2000, estimator=est).run(work)
+    assert res.summary["completed"] == 60
+    dist = est.bound.distribution()
+    lengths = sorted(s.output_len for s in work)
+    assert dist is not None and dist.values[0] == lengths[30]  # its median: it saw every finished length
+    assert est.rate() > 0  # it reads the simulator's arrival-rate estimate
+    e = est.current(400, 0)
+    assert not e.fallback and e.bound <= max(lengths) and e.point >= min(lengths)
+    assert est.current(400, max(lengths)).bound == 400  # past everything seen: only its cap bounds it
+    fresh = OnlineEstimator(0.95, 0.001)
+    assert fresh(work[0]).fallback and fresh(work[0]).bound == work[0].max_new_tokens  # nothing finished yet

@@ -97,6 +97,8 @@ class Simulator(KVOps):
         self.latency = latency
         self.pool = KVPool(pool_tokens, page_size, 4 * pool_tokens if host_tokens is None else host_tokens)
         self.estimator = estimator
+        if hasattr(estimator, "rate"):  # an online estimator reads this host's arrival-rate estimate (C1)
+            estimator.rate = lambda: self.core.arrival_rate(self.now)  # type: ignore[union-attr]
         self.block_tokens = block_tokens
         self.check = check_invariants
         self.max_iterations = max_iterations
@@ -348,6 +350,15 @@ class Simulator(KVOps):
         r.state = rq.DONE
         r.record.finish_s = self.now
         self.core.finished(r.rid, r.output_len)
+        if hasattr(self.estimator, "observe"):  # an online estimator (eval.estimates.OnlineEstimator) learns from it
+            self._reestimate(r.output_len)
+
+    def _reestimate(self, finished_len: int) -> None:
+        est = self.estimator
+        est.observe(finished_len)  # type: ignore[union-attr]
+        for q in (*self.waiting.values(), *self.prefilling.values(), *self.running.values()):
+            q.estimate = est.current(q.max_new_tokens, q.output_len)  # type: ignore[union-attr]
+            q.version += 1  # its cached view carries the old estimate
 
     def _preempt(self, rid: str, mode: PreemptMode) -> float:
         r = self.running.pop(rid, None) or self.prefilling.pop(rid, None)

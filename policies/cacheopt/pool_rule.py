@@ -46,6 +46,9 @@ class PoolRule:
         self._age = 0
         self._window: Sequence[WaitingView] = ()
         self.full_recomputes = 0
+        self._live: list[str] | None = None  # the live rids of the last pass, in order, and their slots
+        self._idx = np.zeros(0, np.intp)
+        self._terms: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # S(1-S), column sums of S and of it
 
     # --- the live set -------------------------------------------------------------------------------------------
     def begin(
@@ -60,6 +63,10 @@ class PoolRule:
         live = [r.rid for r in running] + [w.rid for w in pending]
         slots = self._slot
         if self.profile is not None and self._age < self.refresh:
+            if live == self._live and len(slots) == len(live):  # the same live set as the last pass (most steps)
+                self._age += 1
+                self._moments(live, used)
+                return
             live_set = set(live)
             gone = [rid for rid in slots if rid not in live_set]
             if not any(rid not in slots for rid in live) and len(gone) <= CHANGE_SHARE * max(len(live), 8):
@@ -67,23 +74,34 @@ class PoolRule:
                     i = slots.pop(rid)
                     self._S[i] = 0.0
                     self._free.append(i)
+                self._changed()
                 self._age += 1
                 self._moments(live, used)
                 return
         self._recompute(running, pending, window)
         self._moments(live, used)
 
+    def _changed(self) -> None:
+        """The rows or their slots changed: the cached per-pass terms are stale."""
+        self._live = None
+        self._terms = None
+
     def _moments(self, live: list[str], used: np.ndarray) -> None:
         prof = self.profile
         assert prof is not None
-        u = np.zeros(self._S.shape[0])
-        if live:
-            u[[self._slot[rid] for rid in live]] = used
         S = self._S
-        W = S * (1.0 - S)
+        if live != self._live:  # slot of every live request, in the order of ``used``
+            self._idx = np.fromiter((self._slot[rid] for rid in live), np.intp, len(live))
+            self._live = live
+        if self._terms is None:  # S changes only when requests come or go; KV in use changes every step
+            W = S * (1.0 - S)
+            self._terms = (W, S.sum(axis=0), W.sum(axis=0))
+        W, s_sum, w_sum = self._terms
+        u = np.zeros(S.shape[0])
+        u[self._idx] = used
         t = prof.grid
-        prof.mean = u @ S + t * S.sum(axis=0)
-        prof.var = (u * u) @ W + 2.0 * t * (u @ W) + t * t * W.sum(axis=0)
+        prof.mean = u @ S + t * s_sum
+        prof.var = (u * u) @ W + 2.0 * t * (u @ W) + t * t * w_sum
 
     def _recompute(
         self, running: Sequence[RunningView], pending: Sequence[WaitingView], window: Sequence[WaitingView]
@@ -125,6 +143,7 @@ class PoolRule:
                 prof = DemandProfile(grid2, 0.0)
                 S = prof.survival_rows(produced, cap_left, table, fixed)
         self._S = np.array(S[:n_live], copy=True) if n_live else np.zeros((0, prof.grid.size))
+        self._changed()
         self._slot = {x.rid: i for i, x in enumerate(reqs[:n_live])}
         self._free = []
         self._cand = {x.rid: (S[i], int(used[i])) for i, x in enumerate(reqs) if i >= n_live}
@@ -184,6 +203,7 @@ class PoolRule:
             self._S = np.vstack([self._S, np.zeros((max(8, i // 2), self._S.shape[1] or row[0].size))])
             self._free.extend(range(self._S.shape[0] - 1, i, -1))
         self._S[i] = row[0]
+        self._changed()
         old = self._slot.get(rid)
         if old is not None:
             self._S[old] = 0.0
