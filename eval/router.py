@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from eval.server import ServerError, free_port
+from eval.server import ServerError, free_port, log_tail, stop_group
 
 POLICIES = ("cache_aware", "round_robin", "random", "power_of_two")
 
@@ -100,21 +98,10 @@ class RouterProcess:
         if proc is None:
             return
         atexit.unregister(self.stop)
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_group(proc, grace_s)
 
     def log_tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, n)
 
     def __enter__(self) -> RouterProcess:
         return self.start()

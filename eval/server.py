@@ -135,16 +135,7 @@ class ServerProcess:
         if proc is None:
             return
         atexit.unregister(self.stop)
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                _kill_tree(proc.pid)
-                proc.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # stragglers (scheduler/detokenizer) of the group
+        stop_group(proc, grace_s)
 
     def drain(self, timeout_s: float = 120.0, children_grace_s: float = 15.0) -> tuple[int | None, list[int]]:
         """SIGTERM to the launcher only, as an orchestrator does: SGLang finishes what is in flight, then exits and
@@ -169,10 +160,7 @@ class ServerProcess:
         return code, left
 
     def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, n)
 
     def log_text(self) -> str:
         try:
@@ -185,6 +173,30 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float) -> None:
+    """Stop a launched process and its process group (``start_new_session``): SIGTERM to the group, SIGKILL to the
+    tree after ``grace_s``, then SIGKILL to stragglers of the group (SGLang's scheduler and detokenizer, a router's
+    workers threads)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            _kill_tree(proc.pid)
+            proc.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def log_tail(path: Path, n: int) -> str:
+    """The last ``n`` lines of a process log (for one-line-plus-context error messages)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
 
 
 def _kill_tree(pid: int) -> None:

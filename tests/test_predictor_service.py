@@ -3,11 +3,13 @@ service killed during load with zero lost requests."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -36,23 +38,41 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(out)
 
 
-@pytest.fixture()
-def service(model_dir: str) -> Iterator[PredictorService]:
-    svc = PredictorService(model_dir, free_endpoint(), refit_every=5)
+@contextlib.contextmanager
+def running_service(model_dir: str, **kw: Any) -> Iterator[PredictorService]:
+    """A real service on a free loopback port, serving in a thread; stopped whatever the test does."""
+    svc = PredictorService(model_dir, free_endpoint(), **kw)
     th = threading.Thread(target=svc.serve, kwargs={"max_seconds": 30}, daemon=True)
     th.start()
-    yield svc
-    svc.stop()
-    th.join(5)
+    try:
+        yield svc
+    finally:
+        svc.stop()
+        th.join(5)
+
+
+@contextlib.contextmanager
+def dealer(endpoint: str) -> Iterator[zmq.Socket]:
+    """A raw DEALER socket connected to ``endpoint`` (frames exactly as a client sends them)."""
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(endpoint)
+    try:
+        yield s
+    finally:
+        s.close(0)
+
+
+@pytest.fixture()
+def service(model_dir: str) -> Iterator[PredictorService]:
+    with running_service(model_dir, refit_every=5) as svc:
+        yield svc
 
 
 @pytest.fixture()
 def raw(service: PredictorService) -> Iterator[zmq.Socket]:
-    s = zmq.Context.instance().socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.connect(service.endpoint)
-    yield s
-    s.close(0)
+    with dealer(service.endpoint) as s:
+        yield s
 
 
 def ask(s: zmq.Socket, *frames: bytes) -> dict:

@@ -4,7 +4,6 @@ confidence, the reply carries the cluster rate, and the client names its worker 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 
@@ -16,26 +15,19 @@ from predictors.client import PredictorClient
 from predictors.protocol import pack
 from predictors.service import SHIPPED_MODEL, PredictorService
 from predictors.workers import WorkerTable
-from tests.test_predictor_service import ask, free_endpoint
+from tests.test_predictor_service import ask, dealer, running_service
 
 
 @pytest.fixture()
 def service() -> Iterator[PredictorService]:
-    svc = PredictorService(SHIPPED_MODEL, free_endpoint(), beta=0.01)
-    th = threading.Thread(target=svc.serve, kwargs={"max_seconds": 30}, daemon=True)
-    th.start()
-    yield svc
-    svc.stop()
-    th.join(5)
+    with running_service(SHIPPED_MODEL, beta=0.01) as svc:
+        yield svc
 
 
 @pytest.fixture()
 def raw(service: PredictorService) -> Iterator[zmq.Socket]:
-    s = zmq.Context.instance().socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.connect(service.endpoint)
-    yield s
-    s.close(0)
+    with dealer(service.endpoint) as s:
+        yield s
 
 
 def stats(worker: str | None, rate: float, cap: int, running: int, scope: str | None = None) -> bytes:

@@ -118,17 +118,7 @@ class PoolRule:
         n_live = len(running) + len(pending)
         n = len(reqs)
         used = np.fromiter((_private(x) for x in reqs), float, n)
-        produced = np.fromiter((x.output_len for x in reqs), float, n)
-        cap_left = np.fromiter((max(x.max_new_tokens - x.output_len, 1) for x in reqs), float, n)
-        logs = np.zeros((n, ZS.size))
-        fixed = np.full(n, -1.0)
-        for i, x in enumerate(reqs):
-            row = self._log_row(x.rid, x.estimate)
-            if row is None:
-                fixed[i] = cap_left[i]
-            else:
-                logs[i] = row
-        table = LengthTable(ZS, logs)
+        produced, cap_left, table, fixed = self._lengths(reqs)
         grid = step_grid(min(horizon_steps(table, produced, cap_left, fixed), MAX_HORIZON))
         prof = DemandProfile(grid, 0.0)
         S = prof.survival_rows(produced, cap_left, table, fixed) if n else np.zeros((0, grid.size))
@@ -165,24 +155,31 @@ class PoolRule:
         if hit is None:
             todo = [w for w in self._window if w.rid not in self._cand and w.rid != req.rid]
             todo.append(req)
-            n = len(todo)
-            produced = np.fromiter((w.output_len for w in todo), float, n)
-            cap_left = np.fromiter((max(w.max_new_tokens - w.output_len, 1) for w in todo), float, n)
-            logs = np.zeros((n, ZS.size))
-            fixed = np.full(n, -1.0)
-            for i, w in enumerate(todo):
-                row = self._log_row(w.rid, w.estimate)
-                if row is None:
-                    fixed[i] = cap_left[i]
-                else:
-                    logs[i] = row
-            S = prof.survival_rows(produced, cap_left, LengthTable(ZS, logs), fixed)
+            S = prof.survival_rows(*self._lengths(todo))
             for i, w in enumerate(todo):
                 self._cand[w.rid] = (S[i], _private(w))
             hit = self._cand[req.rid]
         s = hit[0]
         m, v = prof.moments(np.asarray([float(prompt)]), s[None, :])
         return s, m[0], v[0]
+
+    def _lengths(
+        self, reqs: Sequence[RunningView | WaitingView]
+    ) -> tuple[np.ndarray, np.ndarray, LengthTable, np.ndarray]:
+        """(tokens produced, cap left, log-quantile table, fixed length or -1) of ``reqs``: what
+        :meth:`DemandProfile.survival_rows` reads. A request without a distribution runs to its cap (fixed)."""
+        n = len(reqs)
+        produced = np.fromiter((x.output_len for x in reqs), float, n)
+        cap_left = np.fromiter((max(x.max_new_tokens - x.output_len, 1) for x in reqs), float, n)
+        logs = np.zeros((n, ZS.size))
+        fixed = np.full(n, -1.0)
+        for i, x in enumerate(reqs):
+            row = self._log_row(x.rid, x.estimate)
+            if row is None:
+                fixed[i] = cap_left[i]
+            else:
+                logs[i] = row
+        return produced, cap_left, LengthTable(ZS, logs), fixed
 
     def peak(self, z: float) -> float:
         p = self.profile
