@@ -12,6 +12,7 @@ import dataclasses
 import pytest
 
 from eval import fidelity as fd
+from eval import fidelity_probe as fp
 from eval import fidelity_report as fr
 from eval.metrics import RequestRecord
 from eval.workloads import RequestSpec
@@ -79,15 +80,15 @@ def test_compare_signed_error_and_spread() -> None:
 
 
 def test_overhead_variant_matches_the_lone_step_and_adds_once_per_iteration() -> None:
-    lat = fd.with_overhead(PROFILE, 25.0)
-    assert lat.iteration_s(fd.LONE_SHAPE) == pytest.approx(0.025)
+    lat = fp.with_overhead(PROFILE, 25.0)
+    assert lat.iteration_s(fp.LONE_SHAPE) == pytest.approx(0.025)
     big = BatchShape(((512, 0),), (100,) * 8)
-    assert lat.iteration_s(big) - LAT.iteration_s(big) == pytest.approx(0.025 - LAT.iteration_s(fd.LONE_SHAPE))
-    assert fd.with_overhead(PROFILE, 0.0) == LAT  # a faster server than the profile: nothing removed
+    assert lat.iteration_s(big) - LAT.iteration_s(big) == pytest.approx(0.025 - LAT.iteration_s(fp.LONE_SHAPE))
+    assert fp.with_overhead(PROFILE, 0.0) == LAT  # a faster server than the profile: nothing removed
 
 
 def test_scaled_variant_scales_every_iteration() -> None:
-    lat = fd.ScaledLatency(PROFILE, 3.0)
+    lat = fp.ScaledLatency(PROFILE, 3.0)
     shape = BatchShape(((64, 10),), (50, 60))
     assert lat.iteration_s(shape) == pytest.approx(3 * LAT.iteration_s(shape))
 
