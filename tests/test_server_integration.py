@@ -126,9 +126,15 @@ def test_adapter_runs_in_scheduler_process_and_retraction_is_counted(server: Ser
                 "min_new_tokens": 200}}  # fmt: skip
         return httpx.post(server.base_url + "/generate", json=body, timeout=300).json()["meta_info"]
 
-    with cf.ThreadPoolExecutor(16) as ex:
-        metas = list(ex.map(one, range(16)))
-    assert all(m["completion_tokens"] == 200 for m in metas)
+    # Whether a burst outgrows the pool depends on how its arrivals interleave with SGLang's admission (its
+    # new_token_ratio decays between bursts; a CI run once saw none retract): up to three bursts, fresh prompts each
+    metas: list[dict] = []
+    for burst in range(3):
+        with cf.ThreadPoolExecutor(16) as ex:
+            metas = list(ex.map(one, range(1000 * burst, 1000 * burst + 16)))
+        assert all(m["completion_tokens"] == 200 for m in metas)
+        if sum(m.get("num_retractions", 0) for m in metas) >= 1:
+            break
     log = server.log_text()
     m = re.search(r"sglang_ext: adapter active in scheduler pid=(\d+) policy=sglang", log)
     assert m is not None, "the adapter hook did not run in the scheduler"
