@@ -31,6 +31,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,9 @@ from eval.server import ServerError, ServerProcess, cpu_server_args
 from eval.sim import Simulator, sim_capabilities
 from eval.workloads import RequestSpec, load_workload
 from policies import base
-from policies.config import ExtConfig, SGLangBaselineConfig
+from policies.config import SGLangBaselineConfig
 from policies.latency import LatencyModel
+from sglang_ext import config
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE_PREFERENCE = ("cpu-tiny", "cpu-tiny-torch")  # server-fitted first, then the bare-forward fit
@@ -98,10 +100,11 @@ class FidelityRun:
         return ["--ext-policy", policy, *own.split(), *self.server_extra]
 
 
-# Named configurations. ``demo``: issue 11's live KV-bound scenario exactly as ``eval.demo`` runs it (Azure
-# conversations, prompts / 8, outputs x 16 / 8, pool 2,048 tokens, 100 requests at 1.5 req/s, context cut to half the
-# pool) with the demo's matched flags per side: stock SGLang with its mixed chunk, and CacheOPT with mixed chunk and
-# the online length bound (the trace has no text).
+# Named configurations. ``demo``: issue 11's live KV-bound scenario as ``eval.demo`` runs it (Azure conversations,
+# prompts / 8, outputs x 16 / 8, pool 2,048 tokens, 100 requests at 1.5 req/s, context cut to half the pool) with the
+# demo's matched flags per side: stock SGLang with its mixed chunk, and CacheOPT with mixed chunk and the online
+# length bound (the trace has no text). Unlike the demo, requests carry no SLOs (fidelity compares latencies), so
+# CacheOPT orders its queue by arrival (resumed requests first) rather than by TTFT slack.
 SCENARIOS: dict[str, FidelityRun] = {
     "baselines": FidelityRun(),
     "demo": FidelityRun(policies=("none", "cacheopt"), rates=(1.5,), num_requests=100, repeats=3, scale=8.0,
@@ -168,23 +171,14 @@ def fetch_server_info(base_url: str) -> dict[str, Any]:
     return flat
 
 
-def ext_config(flags: list[str]) -> ExtConfig:
-    """The ExtConfig a server started with ``flags`` runs (the plugin's own flag parser; other flags ignored)."""
-    from sglang_ext.config import add_cli_args, from_namespace
-
-    ap = argparse.ArgumentParser(add_help=False)
-    add_cli_args(ap)
-    return from_namespace(ap.parse_known_args(flags)[0])
-
-
-def simulate(policy: str, specs: list[RequestSpec], profile: LatencyModel, s: Settings, flags: list[str] = ()):
+def simulate(policy: str, specs: list[RequestSpec], profile: LatencyModel, s: Settings, flags: Sequence[str] = ()):
     """The simulator with the real server's settings; the policy sees the same ExtConfig the adapter builds from
     the side's ``flags``, and, with ``--ext-predictor-mode online``, the same online length estimates."""
     sim_policy = SIM_POLICY.get(policy, policy)
     sg = SGLangBaselineConfig(schedule_policy=s.schedule_policy if s.schedule_policy in ("fcfs", "lpm") else "fcfs",
                               schedule_conservativeness=s.schedule_conservativeness,
                               chunked_prefill_size=s.chunked_prefill_size, mixed_chunk=s.mixed_chunk)  # fmt: skip
-    cfg = replace(ext_config(list(flags)), policy=sim_policy, sglang=sg)
+    cfg = replace(config.from_argv(list(flags)), policy=sim_policy, sglang=sg)
     caps = sim_capabilities(sim_policy, cfg, page_size=s.page_size)
     caps = replace(caps, max_prefill_tokens=s.max_prefill_tokens, max_running_requests=s.max_running_requests)
     pol = base.create(sim_policy, profile, cfg, caps)

@@ -7,7 +7,7 @@ tokens), or the policies and the host disagree about what fits.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 
 from policies.views import Preempt, PreemptMode, RunningView, WaitingView
 
@@ -21,7 +21,7 @@ def decode_need(running: Iterable[RunningView], page_size: int) -> int:
     """KV tokens the next decode step allocates: one page for every request whose KV ends on a page boundary
     (SGLang's ``new_tokens_required_next_decode``; vLLM's block manager does the same)."""
     if page_size == 1:
-        return sum(1 for _ in running)
+        return len(running) if isinstance(running, Sized) else sum(1 for _ in running)
     return page_size * sum(1 for r in running if r.kv_used % page_size == 0)
 
 

@@ -118,7 +118,9 @@ class PoolView:
 @dataclass(frozen=True, slots=True)
 class SchedulerView:
     """Everything a policy sees at one scheduling point. ``now_s`` is the host's clock (wall or simulated):
-    policies never read a clock themselves."""
+    policies never read a clock themselves. ``waiting`` lists admitted requests whose prefill is under way (those
+    with ``kv_allocated > 0``) before every other waiting request (both hosts do; CacheOPT's gate stops reading at
+    the first one without an allocation)."""
 
     now_s: float
     waiting: tuple[WaitingView, ...]

@@ -45,6 +45,13 @@ def from_namespace(ns: argparse.Namespace | dict[str, Any]) -> ExtConfig:
     return from_flat(values)
 
 
+def from_argv(argv: list[str]) -> ExtConfig:
+    """The config a server started with ``argv`` runs (its ``--ext-*`` flags; every other flag is ignored)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_cli_args(parser)
+    return from_namespace(parser.parse_known_args(argv)[0])
+
+
 def to_json(cfg: ExtConfig) -> str:
     return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
 

@@ -18,6 +18,7 @@ from eval.metrics import RequestRecord
 from eval.workloads import RequestSpec
 from policies.latency import BatchShape, IterationLatencyModel
 from profiles import Profile
+from sglang_ext import config
 
 LAT = IterationLatencyModel(c0_s=0.002, c_tok_s=1e-5, c_attn_decode_s=1e-7, c_seq_s=1e-5)
 PROFILE = Profile("test", LAT, 4096, "test", "unit test")
@@ -205,7 +206,7 @@ def test_demo_scenario_runs_each_side_with_its_own_flags() -> None:
     assert cfg.policies == ("none", "cacheopt") and (cfg.scale, cfg.output_scale, cfg.pool_tokens) == (8, 16, 2048)
     assert cfg.flags("none") == ["--ext-policy", "none", *DEFAULT_STOCK_ARGS.split()]
     assert cfg.flags("cacheopt") == ["--ext-policy", "cacheopt", *DEFAULT_EXT_ARGS.split()]
-    ext = fd.ext_config([*cfg.flags("cacheopt"), "--model-path", "x"])
+    ext = config.from_argv([*cfg.flags("cacheopt"), "--model-path", "x"])
     assert ext.predictor.mode == "online" and ext.cacheopt.mixed_chunk
     base_specs = fd.SCENARIOS["baselines"].specs(1.5)
     demo_specs = cfg.specs(1.5)

@@ -41,7 +41,7 @@ from policies.cacheopt.pool_rule import LEVELS, PoolRule
 from policies.cacheopt.risk import margin_z, row_quantile
 from policies.cacheopt.swap import choose_mode
 from policies.cacheopt.victim import cacheopt_order, pick_victims, sglang_order
-from policies.common import ceil_page
+from policies.common import ceil_page, decode_need
 from policies.config import CacheOptConfig
 from policies.latency import LatencyModel
 from policies.length_dist import LengthDistribution
@@ -116,9 +116,7 @@ class CacheOptGate:
         self._debt = {w.rid: ceil_page(w.seq_len, page) - ceil_page(w.prefilled_len, page) for w in pending}
         # one pass over the batch (decision time: every per-request Python loop costs ~30-50 us at 256 running)
         cols = _running_columns(running)
-        # the next decode step's KV: a page for every request whose KV ends on a page boundary (common.decode_need)
-        step = len(running) if page == 1 else page * int(np.count_nonzero(cols[:, 1] % page == 0))
-        self._phys = pool.available_tokens - step - sum(self._debt.values())
+        self._phys = pool.available_tokens - decode_need(running, page) - sum(self._debt.values())
         self.blocked = 0
         size = self._reserve_size = self.reserve_size(view)
         rooms = cols[:, 0] - cols[:, 1] - cols[:, 2]  # allocated - used - lent
