@@ -82,7 +82,8 @@ def _cacheopt_ablation() -> tuple[Variant, ...]:
 
 def _accelgen_ablation() -> tuple[Variant, ...]:
     """AccelGen with one of A1 (dynamic chunk), A2 (least-slack order, grouping) or A3 (packing) off, or one of the
-    robustness pieces added for issue 12 off: A2's chunk yield, A1's TTFT guard, A1's measured-error margin."""
+    robustness pieces added for issue 12 off: A2's chunk yield, A1's TTFT guard, A1's measured-error margin, A1's
+    late-gap allowance."""
     rows = (
         ("a1-off", {"ext_accelgen_dynamic_chunk": False}, "A1 off (fixed chunk)"),
         ("a2-off", {"ext_accelgen_slo_priority": False}, "A2 off (arrival order)"),
@@ -90,6 +91,7 @@ def _accelgen_ablation() -> tuple[Variant, ...]:
         ("no-yield", {"ext_accelgen_chunk_yield": False}, "A2's chunk yield off (the chunked prefill keeps its turn)"),
         ("no-guard", {"ext_accelgen_ttft_guard": 0.0}, "A1's TTFT guard off"),
         ("no-margin", {"ext_accelgen_error_margin": False}, "A1's measured-error margin off"),
+        ("no-late-gaps", {"ext_accelgen_late_gap_share": 0.0}, "A1's late-gap allowance off"),
     )
     return tuple(Variant(f"accelgen-{n}", "accelgen", f, True, what=f"ablation: {w}") for n, f, w in rows)
 

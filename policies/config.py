@@ -185,6 +185,11 @@ class AccelGenConfig:
     pack_window: int = opt(8, "A3: candidates of one priority class scored together for bin packing.")
     slack_pruning: bool = opt(True, "A2: defer requests whose TTFT the estimate says cannot be met behind the "
                               "more urgent ones (Moore-Hodgson on the least-slack order).")  # fmt: skip
+    late_gap_share: float = opt(0.08, "A1: share of a request's inter-token gaps A1 may plan over its TBT SLO "
+                                "when not even a min-budget chunk meets it (an extend pass with a high fixed cost, "
+                                "as on CPU), so that prompts get few large chunks (0 = off).")  # fmt: skip
+    late_gap_stretch: float = opt(3.0, "A1: a planned late iteration lasts at most this multiple of the TBT SLO of "
+                                  "each request that absorbs it.")  # fmt: skip
 
     def __post_init__(self) -> None:
         _check(self.min_budget > 0, "--ext-accelgen-min-budget", "must be > 0")
@@ -197,6 +202,10 @@ class AccelGenConfig:
         _check(0 <= self.urgent_slack_frac <= 1, "--ext-accelgen-urgent-slack-frac", "must be in [0, 1]")
         _check(self.starve_s > 0, "--ext-accelgen-starve-s", "must be > 0")
         _check(self.pack_window >= 1, "--ext-accelgen-pack-window", "must be >= 1")
+        _check(0 <= self.late_gap_share < 0.1, "--ext-accelgen-late-gap-share",
+               "must be in [0, 0.1) (a request meets its TBT SLO with at most 10% late gaps)")  # fmt: skip
+        _check(1 <= self.late_gap_stretch < 5, "--ext-accelgen-late-gap-stretch",
+               "must be in [1, 5) (a gap over 5x the TBT SLO is a stall that fails the request)")  # fmt: skip
 
 
 POLICY_CHOICES = ("none", "sglang", "edf", "vllm", "sarathi", "cacheopt", "accelgen", "cacheopt+accelgen")

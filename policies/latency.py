@@ -43,14 +43,16 @@ class LatencyModel(Protocol):
         ...
 
 
-def shape_features(shape: BatchShape) -> tuple[int, float, float, int]:
-    """(new tokens, prefill attention work, decode attention work, sequences) of one iteration.
+def shape_features(shape: BatchShape) -> tuple[int, float, float, int, int]:
+    """(new tokens, prefill attention work, decode attention work, sequences, carries prefill) of one iteration.
 
     Prefill attention work counts causal query-key pairs: a chunk of ``n`` new tokens after ``c`` cached ones
     attends to ``n*(c + n/2)`` pairs (FlashAttention's FLOPs are proportional to it). Decode attention reads the
-    whole KV of each sequence, so its work is the sum of context lengths (memory-bound)."""
+    whole KV of each sequence, so its work is the sum of context lengths (memory-bound). The last feature is 1 when
+    the iteration carries any prefill chunk (an extend pass), else 0 (a decode-only step)."""
     attn_p = sum(n * (c + n / 2) for n, c in shape.prefill)
-    return shape.new_tokens, attn_p, float(sum(shape.decode_ctx)), len(shape.prefill) + len(shape.decode_ctx)
+    seqs = len(shape.prefill) + len(shape.decode_ctx)
+    return shape.new_tokens, attn_p, float(sum(shape.decode_ctx)), seqs, int(bool(shape.prefill))
 
 
 def _largest_root(a: float, b: float, c: float) -> float:
@@ -67,12 +69,17 @@ class IterationLatencyModel:
     """Roofline-shaped linear model of one forward iteration (AccelGen A1's ``c + b*tokens + a*attention``):
 
         t = c0 + c_tok * max(T, pivot_tokens) + c_attn_prefill * sum_chunks n*(c + n/2)
-               + c_attn_decode * sum_decodes ctx + c_seq * sequences
+               + c_attn_decode * sum_decodes ctx + c_seq * sequences + c_prefill * [any prefill chunk]
 
     ``T`` is the iteration's new tokens. The ``max`` is the GEMM roofline: below ``pivot_tokens`` the linear
     layers are bound by streaming the weights (time flat in T), above it by compute (time linear in T); the
     pivot is the compute-saturation size AccelGen aims the budget at. ``pivot_tokens = 0`` is the plain linear
-    model (CPU: no weight-streaming floor worth modelling). All coefficients are seconds per unit and >= 0.
+    model (CPU: no weight-streaming floor worth modelling). ``c_prefill_s`` is the fixed extra cost of an iteration
+    that carries a prefill chunk over a decode-only one: SGLang runs such an iteration as an *extend* pass (prefix
+    gathering, extend attention metadata, a forward mode without the decode fast paths) — small on a GPU with CUDA
+    graphs (the profiles leave it at 0), but ~18 ms of a ~27 ms decode step on the CPU server's ``torch_native``
+    path, where a model without it believes a small chunk nearly free and A1 spreads a long prompt over many
+    expensive small iterations (issue 12's live run). All coefficients are seconds per unit and >= 0.
     Swap (CacheOPT C5) is ``swap_overhead_s + kv_bytes_per_token * tokens / pcie_bytes_per_s`` one way.
     """
 
@@ -85,6 +92,7 @@ class IterationLatencyModel:
     kv_bytes_per_token: float = 0.0
     pcie_bytes_per_s: float = 25e9
     swap_overhead_s: float = 0.0
+    c_prefill_s: float = 0.0
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -95,10 +103,10 @@ class IterationLatencyModel:
 
     # --- LatencyModel ---------------------------------------------------------------------------------------
     def iteration_s(self, shape: BatchShape) -> float:
-        tokens, attn_p, attn_d, seqs = shape_features(shape)
+        tokens, attn_p, attn_d, seqs, extend = shape_features(shape)
         if seqs == 0:
             return 0.0
-        return self._time(tokens, attn_p, attn_d, seqs)
+        return self._time(tokens, attn_p, attn_d, seqs) + self.c_prefill_s * extend
 
     def swap_s(self, tokens: int) -> float:
         if tokens <= 0:
@@ -121,7 +129,7 @@ class IterationLatencyModel:
         ``budget_s``; 0 when not even one token fits. Closed form: t(n) is the max of two increasing
         quadratics (the two roofline branches), so n* is the smaller of their roots."""
         nd = len(decode_ctx)
-        r = budget_s - (self.c0_s + self.c_seq_s * (nd + 1) + self.c_attn_decode_s * sum(decode_ctx))
+        r = budget_s - (self.c0_s + self.c_prefill_s + self.c_seq_s * (nd + 1) + self.c_attn_decode_s * sum(decode_ctx))
         a = self.c_attn_prefill_s / 2
         b = self.c_attn_prefill_s * prefill_context_before
         x = min(
@@ -163,20 +171,24 @@ class IterationLatencyModel:
         samples (the online fitter's prior)."""
         rows = [(*shape_features(s), y, 1.0) for s, y in samples]
         rows += [(*shape_features(s), y, w) for s, y, w in extra]
-        return cls.fit_rows(np.asarray(rows, dtype=float).reshape(-1, 6), template=template, pivot_tokens=pivot_tokens)
+        return cls.fit_rows(np.asarray(rows, dtype=float).reshape(-1, 7), template=template, pivot_tokens=pivot_tokens)
 
     @classmethod
     def fit_rows(
         cls, data: np.ndarray, *, template: IterationLatencyModel | None = None, pivot_tokens: float | None = None
     ) -> IterationLatencyModel:
-        """:meth:`fit` on precomputed rows ``(tokens, attn_prefill, attn_decode, seqs, seconds, weight)``."""
-        data = data[(data[:, 3] > 0) & (data[:, 4] > 0) & np.isfinite(data[:, 4]) & (data[:, 5] > 0)]
-        if len(data) < 5:
-            raise ValueError(f"need at least 5 samples with a positive time to fit 5 coefficients, got {len(data)}")
+        """:meth:`fit` on precomputed rows ``(tokens, attn_prefill, attn_decode, seqs, extend, seconds, weight)``.
+        ``c_prefill_s`` is fitted only when the rows hold both decode-only and prefill iterations (otherwise the
+        intercept and it are one coefficient, and it stays at the template's value, 0 by default)."""
+        data = data[(data[:, 3] > 0) & (data[:, 5] > 0) & np.isfinite(data[:, 5]) & (data[:, 6] > 0)]
+        if len(data) < 6:
+            raise ValueError(f"need at least 6 samples with a positive time to fit 6 coefficients, got {len(data)}")
         from scipy.optimize import minimize_scalar, nnls  # lazy: only fitting needs scipy
 
-        tokens, y = data[:, 0], data[:, 4]
-        w = data[:, 5] / y
+        tokens, y, extend = data[:, 0], data[:, 5], data[:, 4]
+        w = data[:, 6] / y
+        both = bool(extend.min() < 0.5 < extend.max())
+        base = template if template is not None else cls(0.0, 0.0)
         if pivot_tokens is not None:
             candidates = [float(pivot_tokens)]
         else:
@@ -184,8 +196,9 @@ class IterationLatencyModel:
             qs = np.unique(np.quantile(below, np.linspace(0, 1, 17))) if below.size else np.empty(0)
             candidates = [0.0, *(float(q) for q in qs if q > 0)]
 
-        design = np.column_stack([np.ones_like(y), tokens, data[:, 1], data[:, 2], data[:, 3]]) * w[:, None]
-        target = y * w
+        cols = [np.ones_like(y), tokens, data[:, 1], data[:, 2], data[:, 3]] + ([extend] if both else [])
+        design = np.column_stack(cols) * w[:, None]
+        target = (y - (0.0 if both else base.c_prefill_s * extend)) * w
 
         def solve(pivot: float) -> tuple[float, np.ndarray]:
             design[:, 1] = np.maximum(tokens, pivot) * w
@@ -202,7 +215,6 @@ class IterationLatencyModel:
             if opt.fun < res:
                 pivot = float(opt.x)
                 res, coef = solve(pivot)
-        base = template if template is not None else cls(0.0, 0.0)
         return replace(
             base,
             c0_s=float(coef[0]),
@@ -211,6 +223,7 @@ class IterationLatencyModel:
             c_attn_decode_s=float(coef[3]),
             c_seq_s=float(coef[4]),
             pivot_tokens=float(pivot) if coef[1] > 0 else 0.0,
+            c_prefill_s=float(coef[5]) if both else base.c_prefill_s,
         )
 
     def relative_errors(self, samples: Iterable[tuple[BatchShape, float]]) -> np.ndarray:
@@ -219,13 +232,14 @@ class IterationLatencyModel:
         return np.asarray([abs(p - y) / y for p, y in pairs if y > 0], dtype=float)
 
     def predict_rows(self, data: np.ndarray) -> np.ndarray:
-        """Vectorised :meth:`iteration_s` over rows whose first four columns are :func:`shape_features`."""
+        """Vectorised :meth:`iteration_s` over rows whose first five columns are :func:`shape_features`."""
         return (
             self.c0_s
             + self.c_tok_s * np.maximum(data[:, 0], self.pivot_tokens)
             + self.c_attn_prefill_s * data[:, 1]
             + self.c_attn_decode_s * data[:, 2]
             + self.c_seq_s * data[:, 3]
+            + self.c_prefill_s * data[:, 4]
         )
 
     def to_dict(self) -> dict[str, float]:
@@ -287,19 +301,19 @@ class OnlineLatencyFitter:
         return self.refit()
 
     def refit(self) -> IterationLatencyModel | None:
-        data = np.asarray(self.rows, dtype=float).reshape(-1, 6)
+        data = np.asarray(self.rows, dtype=float).reshape(-1, 7)
         w = self.prior_weight / len(_ANCHORS)
         prior_pred = self.prior.predict_rows(data)
         ok = prior_pred > 0
-        scale = float(np.median(data[ok, 4] / prior_pred[ok])) if ok.any() else 1.0
+        scale = float(np.median(data[ok, 5] / prior_pred[ok])) if ok.any() else 1.0
         anchors = [(*shape_features(s), scale * self.prior.iteration_s(s), w) for s in _ANCHORS] if w > 0 else []
         try:
             candidate = IterationLatencyModel.fit_rows(
-                np.vstack([data, np.asarray(anchors, dtype=float).reshape(-1, 6)]), template=self.model
+                np.vstack([data, np.asarray(anchors, dtype=float).reshape(-1, 7)]), template=self.model
             )
         except ValueError:
             return None
-        y = data[:, 4]
+        y = data[:, 5]
         err_new = float(np.mean(np.abs(candidate.predict_rows(data) - y) / y))
         if err_new > float(np.mean(np.abs(self.model.predict_rows(data) - y) / y)):
             return None
@@ -343,7 +357,7 @@ class ErrorMargin:
         self.cap = cap
         self.min_samples = min_samples
         self.every = every
-        self._feats = np.zeros((window, 4))
+        self._feats = np.zeros((window, 5))
         self._secs = np.zeros(window)
         self._ratio = np.ones(window)
         self._n = 0  # samples seen (the ring holds min(n, window))

@@ -19,6 +19,7 @@ TRUE = IterationLatencyModel(
     kv_bytes_per_token=131072,
     pcie_bytes_per_s=32e9,
     swap_overhead_s=1e-4,
+    c_prefill_s=1.5e-3,
 )
 
 
@@ -36,10 +37,10 @@ def _shapes(rng: np.random.Generator, k: int) -> list[BatchShape]:
 
 def test_fit_recovers_known_coefficients() -> None:
     rng = np.random.default_rng(0)
-    shapes = _shapes(rng, 400)
+    shapes = _shapes(rng, 1000)
     samples = [(s, TRUE.iteration_s(s) * (1 + rng.normal(0, 0.01))) for s in shapes]
     fit = IterationLatencyModel.fit(samples, template=TRUE)
-    for name in ("c0_s", "c_tok_s", "c_attn_prefill_s", "c_attn_decode_s", "c_seq_s"):
+    for name in ("c0_s", "c_tok_s", "c_attn_prefill_s", "c_attn_decode_s", "c_seq_s", "c_prefill_s"):
         assert getattr(fit, name) == pytest.approx(getattr(TRUE, name), rel=0.1), name
     assert fit.pivot_tokens == pytest.approx(TRUE.pivot_tokens, rel=0.15)
     held_out = [(s, TRUE.iteration_s(s)) for s in _shapes(rng, 100)]
@@ -53,9 +54,35 @@ def test_fit_exact_without_noise_and_linear_pivot() -> None:
     assert fit.relative_errors(samples).max() < 1e-6
 
 
-def test_fit_needs_five_samples() -> None:
-    with pytest.raises(ValueError, match="at least 5"):
-        IterationLatencyModel.fit([(BatchShape(decode_ctx=(1,)), 0.01)] * 4)
+def test_fit_needs_six_samples() -> None:
+    with pytest.raises(ValueError, match="at least 6"):
+        IterationLatencyModel.fit([(BatchShape(decode_ctx=(1,)), 0.01)] * 5)
+
+
+def test_extend_cost_is_fitted_only_when_both_kinds_of_iteration_are_seen() -> None:
+    """Decode-only samples cannot tell the extend cost from the intercept: the template's value stays, and the
+    prefill samples' share of it is not absorbed elsewhere when only prefills are seen."""
+    rng = np.random.default_rng(3)
+    decodes = [s for s in _shapes(rng, 300) if not s.prefill][:60]
+    fit = IterationLatencyModel.fit([(s, TRUE.iteration_s(s)) for s in decodes], template=TRUE)
+    assert fit.c_prefill_s == TRUE.c_prefill_s
+    prefills = [s for s in _shapes(rng, 300) if s.prefill][:60]
+    fit = IterationLatencyModel.fit([(s, TRUE.iteration_s(s)) for s in prefills], template=TRUE)
+    assert fit.c_prefill_s == TRUE.c_prefill_s
+    assert float(np.median(fit.relative_errors([(s, TRUE.iteration_s(s)) for s in prefills]))) < 0.01
+
+
+def test_extend_cost_shrinks_the_chunk_a1_sizes() -> None:
+    """A1 (max_tokens_within) pays the extend cost once per chunked iteration: with it a tight budget takes
+    fewer prefill tokens, and a budget below a decode step plus the extend cost takes none."""
+    bare = IterationLatencyModel(**{**TRUE.to_dict(), "c_prefill_s": 0.0, "pivot_tokens": 0.0})
+    ext = IterationLatencyModel(**{**bare.to_dict(), "c_prefill_s": 5e-3})
+    dec = (512,) * 8
+    step = ext.iteration_s(BatchShape(decode_ctx=dec))
+    assert ext.max_tokens_within(step + 4e-3, dec) == 0 < bare.max_tokens_within(step + 4e-3, dec)
+    n = ext.max_tokens_within(step + 0.02, dec)
+    assert 0 < n < bare.max_tokens_within(step + 0.02, dec)
+    assert ext.iteration_s(BatchShape(prefill=((n, 0),), decode_ctx=dec)) <= step + 0.02
 
 
 def test_invalid_coefficients_rejected() -> None:

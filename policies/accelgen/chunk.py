@@ -100,11 +100,15 @@ class ChunkSizer:
         self._hint = lo
         return lo
 
-    def budget(self, limit_s: float | None, decode_ctx: Sequence[int], chunk_ctx: int = 0) -> int:
-        """The iteration's token budget (decodes + prefill chunk), clamped to ``[min_budget, max_budget]``.
-        ``limit_s=None``: no running request has a TBT SLO, so the largest size is used."""
+    def budget(
+        self, limit_s: float | None, decode_ctx: Sequence[int], chunk_ctx: int = 0, floor: int | None = None
+    ) -> int:
+        """The iteration's token budget (decodes + prefill chunk), clamped to ``[floor, max_budget]`` (``floor``
+        defaults to ``min_budget``). ``limit_s=None``: no running request has a TBT SLO, so the largest size is
+        used."""
         nd = len(decode_ctx)
         if limit_s is None:
             return max(self.max_budget, nd)  # decodes always run; the budget never drops one
         chunk = self.max_chunk(limit_s, decode_ctx, chunk_ctx, max(self.max_budget - nd, 0))
-        return min(max(nd + chunk, self.min_budget), max(self.max_budget, nd))
+        least = self.min_budget if floor is None else floor
+        return min(max(nd + chunk, least), max(self.max_budget, nd))
