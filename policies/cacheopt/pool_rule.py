@@ -28,6 +28,7 @@ from policies.views import RunningView, WaitingView
 
 LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)  # quantile levels of the rule's length table
 ZS = np.asarray([z_of(q) for q in LEVELS])
+ZS_LIST = tuple(ZS.tolist())  # the same scores as plain floats (risk.row_quantile's scalar path)
 MAX_HORIZON = 1 << 17
 REFRESH_PASSES = 32  # recompute the survival rows at least this often (decode steps of staleness)
 CHANGE_SHARE = 0.25  # ... or when this share of the live set changed since
