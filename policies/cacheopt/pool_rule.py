@@ -41,7 +41,11 @@ class PoolRule:
         self._log_row = log_row  # rid, estimate -> log quantiles at LEVELS, or None (runs to its cap)
         self.refresh = refresh
         self.profile: DemandProfile | None = None
-        self._S = np.zeros((0, 0))  # survival rows by slot (an empty slot is a zero row)
+        # survival rows S by slot (an empty slot is a zero row) and beside them W = S(1-S), in one array so that one
+        # reduction gives the column sums of both (row by row, as summing each alone does: the same floats)
+        self._SW = np.zeros((0, 0))
+        self._S = self._SW[:, :0]
+        self._W = self._SW[:, 0:]
         self._slot: dict[str, int] = {}
         self._free: list[int] = []
         self._cand: dict[str, tuple[np.ndarray, int]] = {}  # waiting rid -> (survival row if admitted now, prompt)
@@ -50,7 +54,7 @@ class PoolRule:
         self.full_recomputes = 0
         self._live: list[str] | None = None  # the live rids of the last pass, in order, and their slots
         self._idx = np.zeros(0, np.intp)
-        self._terms: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # S(1-S), column sums of S and of it
+        self._terms: tuple[np.ndarray, np.ndarray] | None = None  # column sums of S and of W
 
     # --- the live set -------------------------------------------------------------------------------------------
     def begin(
@@ -71,17 +75,24 @@ class PoolRule:
                 self._age += 1
                 self._moments(live, used)
                 return
-            live_set = set(live)
-            gone = slots.keys() - live_set  # set algebra in C: a Python loop over the batch costs ~20 us a pass
-            if live_set <= slots.keys() and len(gone) <= CHANGE_SHARE * max(len(live), 8):
-                for rid in sorted(gone, key=slots.__getitem__):  # slot order: deterministic whatever the hash seed
-                    i = slots.pop(rid)
-                    self._S[i] = 0.0
-                    self._free.append(i)
-                self._changed()
-                self._age += 1
-                self._moments(live, used)
-                return
+            # every live request has a slot (no None) and few of the slotted ones left: slots differ by rid, so the
+            # number gone is the slots not among the live ones' (lookups in C: a Python loop costs ~20 us a pass)
+            idx = list(map(slots.get, live))
+            if None not in idx:
+                n_gone = len(slots) - len(set(idx))
+                if n_gone <= CHANGE_SHARE * max(len(live), 8):
+                    if n_gone:
+                        gone = slots.keys() - set(live)
+                        for rid in sorted(gone, key=slots.__getitem__):  # slot order: the same whatever the hash seed
+                            i = slots.pop(rid)
+                            self._SW[i] = 0.0
+                            self._free.append(i)
+                        self._terms = None
+                    self._age += 1
+                    self._live = live
+                    self._idx = np.array(idx, np.intp)
+                    self._moments(live, used)
+                    return
         self._recompute(running, pending, window)
         self._moments(live, used)
 
@@ -93,14 +104,15 @@ class PoolRule:
     def _moments(self, live: list[str], used: np.ndarray) -> None:
         prof = self.profile
         assert prof is not None
-        S = self._S
+        S, W = self._S, self._W
         if live != self._live:  # slot of every live request, in the order of ``used``
             self._idx = np.fromiter(map(self._slot.__getitem__, live), np.intp, len(live))
             self._live = live
         if self._terms is None:  # S changes only when requests come or go; KV in use changes every step
-            W = S * (1.0 - S)
-            self._terms = (W, S.sum(axis=0), W.sum(axis=0))
-        W, s_sum, w_sum = self._terms
+            sums = self._SW.sum(axis=0)
+            g = S.shape[1]
+            self._terms = (sums[:g], sums[g:])
+        s_sum, w_sum = self._terms
         u = np.zeros(S.shape[0])
         u[self._idx] = used
         t = prof.grid
@@ -136,7 +148,7 @@ class PoolRule:
             if grid2.size != grid.size:  # evaluate again with steps around the coarse peaks
                 prof = DemandProfile(grid2, 0.0)
                 S = prof.survival_rows(produced, cap_left, table, fixed)
-        self._S = np.array(S[:n_live], copy=True) if n_live else np.zeros((0, prof.grid.size))
+        self._store(S[:n_live] if n_live else np.zeros((0, prof.grid.size)))
         self._changed()
         self._slot = {x.rid: i for i, x in enumerate(reqs[:n_live])}
         self._free = []
@@ -201,16 +213,26 @@ class PoolRule:
             i = self._free.pop()
         else:
             i = self._S.shape[0]
-            self._S = np.vstack([self._S, np.zeros((max(8, i // 2), self._S.shape[1] or row[0].size))])
+            self._store(np.vstack([self._S, np.zeros((max(8, i // 2), self._S.shape[1] or row[0].size))]))
             self._free.extend(range(self._S.shape[0] - 1, i, -1))
-        self._S[i] = row[0]
+        s = row[0]
+        self._S[i] = s
+        self._W[i] = s * (1.0 - s)
         self._changed()
         old = self._slot.get(rid)
         if old is not None:
-            self._S[old] = 0.0
+            self._SW[old] = 0.0
             self._free.append(old)
         self._slot[rid] = i
         self._cand.pop(rid, None)
+
+    def _store(self, S: np.ndarray) -> None:
+        """Survival rows ``S`` (one per slot) and their ``S(1-S)`` become the rule's matrices (copied)."""
+        n, g = S.shape
+        self._SW = np.empty((n, 2 * g))
+        self._S, self._W = self._SW[:, :g], self._SW[:, g:]
+        self._S[:] = S
+        self._W[:] = S * (1.0 - S)
 
     def forget(self, rid: str) -> None:
         self._cand.pop(rid, None)
