@@ -234,6 +234,11 @@ class PoolRule:
         self._S[:] = S
         self._W[:] = S * (1.0 - S)
 
+    def end(self) -> None:
+        """The planning pass is over: drop its candidate window (the host frees those views; see
+        ``CacheOptGate.end``)."""
+        self._window = ()
+
     def forget(self, rid: str) -> None:
         self._cand.pop(rid, None)
 
