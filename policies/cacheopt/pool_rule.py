@@ -55,7 +55,8 @@ class PoolRule:
         self.full_recomputes = 0
         self._live: list[str] | None = None  # the live rids of the last pass, in order, and their slots
         self._idx = np.zeros(0, np.intp)
-        self._terms: tuple[np.ndarray, np.ndarray] | None = None  # column sums of S and of W
+        # per-step terms that change only with the rows: t * colsum(S), 2t, t^2 * colsum(W)
+        self._terms: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     # --- the live set -------------------------------------------------------------------------------------------
     def begin(
@@ -109,16 +110,16 @@ class PoolRule:
         if live != self._live:  # slot of every live request, in the order of ``used``
             self._idx = np.fromiter(map(self._slot.__getitem__, live), np.intp, len(live))
             self._live = live
+        t = prof.grid
         if self._terms is None:  # S changes only when requests come or go; KV in use changes every step
             sums = self._SW.sum(axis=0)
             g = S.shape[1]
-            self._terms = (sums[:g], sums[g:])
-        s_sum, w_sum = self._terms
+            self._terms = (t * sums[:g], 2.0 * t, t * t * sums[g:])  # the products the formulas below evaluate
+        ts, t2, ttw = self._terms
         u = np.zeros(S.shape[0])
         u[self._idx] = used
-        t = prof.grid
-        prof.mean = u @ S + t * s_sum
-        prof.var = (u * u) @ W + 2.0 * t * (u @ W) + t * t * w_sum
+        prof.mean = u @ S + ts  # u @ S + t * colsum(S)
+        prof.var = (u * u) @ W + t2 * (u @ W) + ttw  # u^2 @ W + 2t (u @ W) + t^2 colsum(W)
 
     def _recompute(
         self, running: Sequence[RunningView], pending: Sequence[WaitingView], window: Sequence[WaitingView]
