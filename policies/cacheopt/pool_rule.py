@@ -187,8 +187,9 @@ class PoolRule:
                     cand[w.rid] = (S[i], _inputs(w))
             hit = cand[req.rid]
         s = hit[0]
-        m, v = prof.moments(np.asarray([float(prompt)]), s[None, :])
-        return s, m[0], v[0]
+        # DemandProfile.moments for one row, without its 2-D broadcasting (the same elementwise products, in order)
+        size = float(prompt) + prof.grid
+        return s, s * size, s * (1.0 - s) * size * size
 
     def _lengths(
         self, reqs: Sequence[RunningView | WaitingView]
