@@ -211,12 +211,12 @@ class PoolRule:
 
     def peak(self, z: float) -> float:
         p = self.profile
-        return 0.0 if p is None else float(np.max(p.mean + z * np.sqrt(p.var)))
+        return 0.0 if p is None else float((p.mean + z * np.sqrt(p.var)).max())  # .max(): np.max's dispatch costs ~2 us
 
     def peak_with(self, row: tuple[np.ndarray, np.ndarray, np.ndarray], z: float) -> float:
         p = self.profile
         assert p is not None
-        return float(np.max(p.mean + row[1] + z * np.sqrt(p.var + row[2])))
+        return float((p.mean + row[1] + z * np.sqrt(p.var + row[2])).max())
 
     def add(self, rid: str, row: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
         """``rid`` was admitted: its row joins the live profile."""
