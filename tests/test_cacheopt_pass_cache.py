@@ -43,10 +43,20 @@ def test_running_columns_match_the_views() -> None:
     run = list(view.running)
     run[3] = dataclasses.replace(run[3], lender=BATCH, kv_lent=0, reserve_drawn=7)
     run[4] = dataclasses.replace(run[4], lender="r0", kv_lent=5)
-    cols = _running_columns(run)
-    for r, c in zip(run, cols, strict=True):
-        assert c.tolist() == [r.kv_allocated, r.kv_used, r.kv_lent, r.reserve_drawn, r.cached_len, r.lender == BATCH]
-    assert _running_columns([]).shape == (0, 6)
-    for page in (1, 16):  # the decode step's KV read from the columns equals common.decode_need
-        step = len(run) if page == 1 else page * int(np.count_nonzero(cols[:, 1] % page == 0))
+    run[5] = dataclasses.replace(run[5], cached_len=3)
+    variants = [
+        run,  # a mix: a guest of the batch, a pairwise guest, a lender, a cached prefix, a reserve draw
+        list(view.running),  # no loans, draws or cached prefixes (the columns not built)
+        [dataclasses.replace(r, lender=BATCH) for r in view.running],  # every request a guest of the batch
+        [],
+    ]
+    for batch in variants:
+        rooms, private, drawn, promised = _running_columns(batch)
+        assert rooms.tolist() == [r.kv_allocated - r.kv_used - r.kv_lent for r in batch]
+        assert private.tolist() == [r.kv_used - r.cached_len for r in batch]
+        assert drawn == sum(r.reserve_drawn for r in batch)
+        expected = sum(max(r.kv_allocated - r.kv_used - r.kv_lent, 0) for r in batch if r.lender != BATCH)
+        assert promised == expected
+    for page in (1, 16):  # the decode step's KV: common.decode_need
+        step = len(run) if page == 1 else page * sum(r.kv_used % page == 0 for r in run)
         assert step == decode_need(run, page)

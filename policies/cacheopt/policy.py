@@ -78,7 +78,7 @@ class CacheOptPolicy(Policy):
         totals = self.totals
         for k in _PLAN_TOTALS:
             totals[k] += notes[k]
-        return IterationPlan(
+        plan = IterationPlan(
             admit=tuple(admits),
             token_budget=prefill + (len(view.running) if run_decodes else 0),
             preempt=preempt,
@@ -88,6 +88,8 @@ class CacheOptPolicy(Policy):
             run_decodes=run_decodes,
             notes=notes,
         )
+        gate.end()
+        return plan
 
     @classmethod
     def needs_mixed_chunk(cls, config: ExtConfig) -> bool:
