@@ -5,7 +5,7 @@ chunk meets the tightest TBT SLO — an extend pass costs a fixed ~28 ms over a 
 so any iteration carrying a prefill is late for a class whose SLO is 2x a decode step — strict A1 could only add
 floor-sized chunks, each a late gap, and a long prompt crawled through hundreds of them. With the allowance A1 plans
 decode-only iterations (on time) and, when every tight running request can absorb one more late gap within its share
-(or a waiting prompt's TTFT slack runs out), one late iteration with a large chunk (up to ``late_gap_stretch`` x the
+(or a new prompt arrives), one late iteration with a large chunk (up to ``late_gap_stretch`` x the
 SLO). Where chunks fit the SLO (the GPU profiles) nothing changes: the plans are strict A1's.
 
 The policy decides when the allowance applies (:meth:`AccelGenPolicy._floor_is_late
@@ -51,17 +51,20 @@ class LateGaps:
         return min(limits) / 1e3 if limits else None
 
     def must_prefill(self, view: SchedulerView) -> bool:
-        """Whether a waiting prompt cannot wait for the allowance to recur: one whose TTFT slack is below
-        ``urgent_slack_frac`` of its TTFT SLO (A2's urgency), or one older than ``starve_s``. Its prefill makes
-        this iteration an extend pass — late for the tight requests whatever its size — so the iteration is then
+        """Whether a waiting request cannot wait for the allowance to recur: a new prompt with a TTFT SLO or a
+        resumed request (waiting for an allowance would only spend its TTFT, or lengthen its stall: its prefill
+        makes some iteration late for the tight requests anyway), an in-progress prompt whose TTFT slack is below
+        ``urgent_slack_frac`` of its TTFT SLO (A2's urgency), or one older than ``starve_s``. The iteration is then
         sized as a late one for everybody (a large chunk, not a floor-sized one), and the progress floor
-        (``min_budget``) comes back."""
+        (``min_budget``) comes back. What waits for the allowance is the rest of a long prompt's chunks."""
         now, frac, starve = view.now_s, 1.0 - self.cfg.urgent_slack_frac, self.cfg.starve_s
         for w in view.waiting:
             waited = now - w.arrival_s
             if waited > starve:
                 return True
             ttft = w.slo.ttft_ms
+            if w.rid != view.chunked_rid and w.prefilled_len == 0 and (ttft is not None or w.output_len):
+                return True
             if ttft is not None and w.first_token_s is None and waited * 1e3 >= frac * ttft:
                 return True
         return False

@@ -198,6 +198,8 @@ class AccelGenPolicy(Policy):
         chunked = next((w for w in view.waiting if w.rid == view.chunked_rid), None)
         chunk_ctx = max(chunked.cached_len, chunked.prefilled_len) if chunked is not None else 0
         late_mode = cfg.late_gap_share > 0 and cfg.dynamic_chunk and self._floor_is_late(limit_s, decode_ctx, chunk_ctx)
+        if late_mode:
+            cap_s = None  # late iterations are bounded by the stretch; the guard would only shrink their chunks
         urgent = late_mode and self.late_gaps.must_prefill(view)
         size_s = self.late_gaps.sizing_limit_s(view, decode_ctx, urgent) if late_mode else limit_s
         target_s = self.target_s(cap_s if size_s is None else size_s if cap_s is None else min(size_s, cap_s))
