@@ -257,8 +257,8 @@ class Adapter:
         if plan.preempt:
             self.counters["plan_preempts"] += len(plan.preempt)
         if self.cfg.log_decisions:
-            logger.info("sglang_ext plan: admit=%s budget=%s hold=%s topups=%s", [a.rid for a in plan.admit],
-                        plan.token_budget, plan.kv_hold, plan.topups)  # fmt: skip
+            logger.info("sglang_ext plan: admit=%s budget=%s hold=%s topups=%s notes=%s", [a.rid for a in plan.admit],
+                        plan.token_budget, plan.kv_hold, plan.topups, plan.notes)  # fmt: skip
         self._maybe_log()
         return plan
 
