@@ -77,9 +77,10 @@ class IterationLatencyModel:
     model (CPU: no weight-streaming floor worth modelling). ``c_prefill_s`` is the fixed extra cost of an iteration
     that carries a prefill chunk over a decode-only one: SGLang runs such an iteration as an *extend* pass (prefix
     gathering, extend attention metadata, a forward mode without the decode fast paths) — small on a GPU with CUDA
-    graphs (the profiles leave it at 0), but ~18 ms of a ~27 ms decode step on the CPU server's ``torch_native``
-    path, where a model without it believes a small chunk nearly free and A1 spreads a long prompt over many
-    expensive small iterations (issue 12's live run). All coefficients are seconds per unit and >= 0.
+    graphs (the profiles leave it at 0), but ~11 ms beside an ~18 ms decode step on the quiet CPU server's
+    ``torch_native`` path (``scripts/accelgen_live.py --measure``), where a model without it believes a small chunk
+    nearly free and A1 spreads a long prompt over many expensive small iterations (issue 12's live run). All
+    coefficients are seconds per unit and >= 0.
     Swap (CacheOPT C5) is ``swap_overhead_s + kv_bytes_per_token * tokens / pcie_bytes_per_s`` one way.
     """
 

@@ -1,12 +1,13 @@
 """AccelGen A1's late-gap allowance (``--ext-accelgen-late-gap-share``, default 8%).
 
 Why: a request meets its TBT SLO with up to 10% of its gaps over it (eval.metrics). Where not even a ``min_budget``
-chunk meets the tightest TBT SLO — an extend pass costs a fixed ~28 ms over a ~29 ms decode step on the CPU server,
-so any iteration carrying a prefill is late for a class whose SLO is 2x a decode step — strict A1 could only add
-floor-sized chunks, each a late gap, and a long prompt crawled through hundreds of them. With the allowance A1 plans
-decode-only iterations (on time) and, when every tight running request can absorb one more late gap within its share
-(or a new prompt arrives), one late iteration with a large chunk (up to ``late_gap_stretch`` x the
-SLO). Where chunks fit the SLO (the GPU profiles) nothing changes: the plans are strict A1's.
+chunk meets the tightest TBT SLO — on the CPU server an extend pass costs a fixed ~11 ms over an ~18 ms decode step
+(quiet; 1.3-1.8x more under load), so an iteration carrying a prefill is late for a class whose SLO is 2x a decode
+step once a few requests decode — strict A1 could only add floor-sized chunks, each a late gap, and a long prompt
+crawled through hundreds of them. With the allowance A1 plans decode-only iterations (on time) and, when every tight
+running request can absorb one more late gap within its share (or a new prompt arrives), one late iteration with a
+large chunk (up to ``late_gap_stretch`` x the SLO). Where chunks fit the SLO (the GPU profiles) nothing changes: the
+plans are strict A1's.
 
 The policy decides when the allowance applies (:meth:`AccelGenPolicy._floor_is_late
 <policies.accelgen.policy.AccelGenPolicy._floor_is_late>`); this class keeps the planned late gaps per request and

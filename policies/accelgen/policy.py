@@ -141,9 +141,11 @@ class AccelGenPolicy(Policy):
         margin. Then strict A1 adds a floor-sized chunk to every iteration — late for the tight class anyway, and
         hardly any progress (a live run at 1.5 req/s: 16-30-token chunks, the queue growing to a 9-44 s TTFT
         p99). On the GPU profiles nothing changes; engaging the allowance there when a jitter-grown margin shrank
-        chunks cost the tight class 19-21 points at 16 req/s under 15% noise."""
+        chunks cost the tight class 18-21 points at 16 req/s under 15% noise."""
+        if not self.costly_extends:
+            return False
         target = self.target_s(limit_s)
-        if target is None or not self.costly_extends:
+        if target is None:
             return False
         least = max(self.cfg.min_budget - len(decode_ctx), 1)
         return self.sizer.max_chunk(target, decode_ctx, chunk_ctx, least) < least
@@ -252,7 +254,7 @@ class AccelGenPolicy(Policy):
         else:
             admits, used = self._pack_yielding(usable, chunk_c, max(budget - nd, 0), kv_free, fit, prefill,
                                                view.pool.page_size, kw)  # fmt: skip
-        if self.cfg.late_gap_share > 0 and limit_s is not None and prefill:
+        if self.cfg.late_gap_share > 0 and self.costly_extends and limit_s is not None and prefill:
             shape = BatchShape(prefill=tuple(prefill), decode_ctx=decode_ctx)
             self.late_gaps.charge(view, self.latency.iteration_s(shape) * self.margin * 1e3)
         notes = {"budget": float(budget), "prefill_tokens": float(used), "decodes": float(nd)}
